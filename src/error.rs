@@ -1,0 +1,393 @@
+//! One error type for everything the gateway answers itself, mapped to a
+//! status, a Twenty-shaped JSON body and a log `outcome`.
+//!
+//! Clients get a short generic message; the detail (which check failed, the
+//! upstream's error) goes to the log line only.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::proxy::ratelimit::retry_after_secs;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request target or request head was refused with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    #[error("request target is not an absolute path")]
+    NotOriginForm,
+    #[error("dot segment in path")]
+    DotSegment,
+    #[error("empty segment in path")]
+    EmptySegment,
+    #[error("encoded slash or backslash in path")]
+    EncodedSeparator,
+    #[error("backslash in path")]
+    Backslash,
+    #[error("NUL in path")]
+    Nul,
+    #[error("invalid percent-encoding in path")]
+    BadPercentEncoding,
+    #[error("path is not valid UTF-8 once decoded")]
+    NotUtf8,
+    #[error("missing Host")]
+    MissingHost,
+    #[error("malformed or ambiguous Host")]
+    BadHost,
+    #[error("more than one Authorization header")]
+    MultipleAuthorization,
+    #[error("malformed request framing")]
+    Framing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("bad request: {0}")]
+    BadRequest(BadRequest),
+    #[error("host not covered by the certificate of this connection")]
+    Misdirected,
+    #[error("unknown host")]
+    UnknownHost,
+    #[error("no route for path")]
+    NoRoute,
+    #[error("missing API key")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("expired API key")]
+    ExpiredKey,
+    #[error("revoked API key")]
+    RevokedKey,
+    #[error("API key of another tenant")]
+    WrongTenant,
+    #[error("too many failed authentication attempts from this client")]
+    AuthThrottled { retry_after: Duration },
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: Duration },
+    #[error("request body larger than max_request_body")]
+    PayloadTooLarge,
+    #[error("upstream {kind}")]
+    Upstream {
+        kind: UpstreamFailure,
+        #[source]
+        source: BoxError,
+    },
+    #[error("no response head from upstream within upstream_timeout")]
+    UpstreamTimeout,
+    #[error("internal error")]
+    Internal(#[source] BoxError),
+}
+
+/// How an upstream exchange failed (the `kind` label of upstream errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Reset,
+}
+
+impl UpstreamFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Reset => "reset",
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamFailure::Connect => "connection failed",
+            UpstreamFailure::Reset => "connection reset",
+        })
+    }
+}
+
+/// The `outcome` field of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    MissingKey,
+    InvalidKey,
+    RevokedKey,
+    ExpiredKey,
+    WrongTenant,
+    AuthThrottled,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    BadRequest,
+    PayloadTooLarge,
+    Misdirected,
+    UnknownHost,
+    NoRoute,
+    Internal,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::MissingKey => "missing_key",
+            Outcome::InvalidKey => "invalid_key",
+            Outcome::RevokedKey => "revoked_key",
+            Outcome::ExpiredKey => "expired_key",
+            Outcome::WrongTenant => "wrong_tenant",
+            Outcome::AuthThrottled => "auth_throttled",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::BadRequest => "bad_request",
+            Outcome::PayloadTooLarge => "payload_too_large",
+            Outcome::Misdirected => "misdirected",
+            Outcome::UnknownHost => "unknown_host",
+            Outcome::NoRoute => "no_route",
+            Outcome::Internal => "internal",
+        }
+    }
+}
+
+/// Which JSON shape an error body takes: Twenty's REST errors, or GraphQL's
+/// `errors[]` on GraphQL routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    Rest,
+    GraphQl,
+}
+
+impl ErrorShape {
+    /// GraphQL shape when the first path segment is `graphql` or `metadata`.
+    pub fn for_path(path: &str) -> Self {
+        let first = path
+            .trim_start_matches('/')
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        if first == "graphql" || first == "metadata" {
+            ErrorShape::GraphQl
+        } else {
+            ErrorShape::Rest
+        }
+    }
+}
+
+const BEARER_CHALLENGE: &str = "Bearer realm=\"twenty-gateway\"";
+const BEARER_INVALID: &str = "Bearer realm=\"twenty-gateway\", error=\"invalid_token\"";
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::UnknownHost => StatusCode::NOT_FOUND,
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::MissingKey => StatusCode::UNAUTHORIZED,
+            GatewayError::InvalidKey => StatusCode::UNAUTHORIZED,
+            GatewayError::ExpiredKey => StatusCode::UNAUTHORIZED,
+            GatewayError::RevokedKey => StatusCode::UNAUTHORIZED,
+            GatewayError::WrongTenant => StatusCode::FORBIDDEN,
+            GatewayError::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "BAD_REQUEST",
+            GatewayError::Misdirected => "MISDIRECTED_REQUEST",
+            GatewayError::UnknownHost => "NOT_FOUND",
+            GatewayError::NoRoute => "NOT_FOUND",
+            GatewayError::MissingKey => "UNAUTHENTICATED",
+            GatewayError::InvalidKey => "UNAUTHENTICATED",
+            GatewayError::ExpiredKey => "UNAUTHENTICATED",
+            GatewayError::RevokedKey => "UNAUTHENTICATED",
+            GatewayError::WrongTenant => "FORBIDDEN",
+            GatewayError::AuthThrottled { .. } => "TOO_MANY_AUTH_FAILURES",
+            GatewayError::RateLimited { .. } => "RATE_LIMITED",
+            GatewayError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            GatewayError::Upstream { .. } => "BAD_GATEWAY",
+            GatewayError::UpstreamTimeout => "GATEWAY_TIMEOUT",
+            GatewayError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            GatewayError::BadRequest(_) => Outcome::BadRequest,
+            GatewayError::Misdirected => Outcome::Misdirected,
+            GatewayError::UnknownHost => Outcome::UnknownHost,
+            GatewayError::NoRoute => Outcome::NoRoute,
+            GatewayError::MissingKey => Outcome::MissingKey,
+            GatewayError::InvalidKey => Outcome::InvalidKey,
+            GatewayError::ExpiredKey => Outcome::ExpiredKey,
+            GatewayError::RevokedKey => Outcome::RevokedKey,
+            GatewayError::WrongTenant => Outcome::WrongTenant,
+            GatewayError::AuthThrottled { .. } => Outcome::AuthThrottled,
+            GatewayError::RateLimited { .. } => Outcome::RateLimited,
+            GatewayError::PayloadTooLarge => Outcome::PayloadTooLarge,
+            GatewayError::Upstream { .. } => Outcome::UpstreamError,
+            GatewayError::UpstreamTimeout => Outcome::UpstreamTimeout,
+            GatewayError::Internal(_) => Outcome::Internal,
+        }
+    }
+
+    /// The message clients see. It never says *why* a key was refused.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(BadRequest::MultipleAuthorization) => {
+                "More than one Authorization header"
+            }
+            GatewayError::BadRequest(BadRequest::MissingHost) => "Missing Host header",
+            GatewayError::BadRequest(BadRequest::BadHost) => "Invalid Host header",
+            GatewayError::BadRequest(BadRequest::Framing) => "Malformed request",
+            GatewayError::BadRequest(_) => "Invalid request path",
+            GatewayError::Misdirected => "This host is not served on this connection",
+            GatewayError::UnknownHost => "Unknown host",
+            GatewayError::NoRoute => "No route for this path",
+            GatewayError::MissingKey => "Missing API key",
+            GatewayError::InvalidKey | GatewayError::ExpiredKey | GatewayError::RevokedKey => {
+                "Invalid or revoked API key"
+            }
+            GatewayError::WrongTenant => "This API key does not belong to this workspace",
+            GatewayError::AuthThrottled { .. } => "Too many failed authentication attempts",
+            GatewayError::RateLimited { .. } => "Rate limit exceeded",
+            GatewayError::PayloadTooLarge => "Request body too large",
+            GatewayError::Upstream { .. } => "Upstream unavailable",
+            GatewayError::UpstreamTimeout => "Upstream timed out",
+            GatewayError::Internal(_) => "Internal error",
+        }
+    }
+
+    /// The JSON response for this error, carrying `request_id`.
+    pub fn to_response(&self, shape: ErrorShape, request_id: &str) -> Response<Bytes> {
+        let status = self.status();
+        let body = match shape {
+            ErrorShape::Rest => serde_json::json!({
+                "statusCode": status.as_u16(),
+                "error": self.code(),
+                "messages": [self.public_message()],
+                "requestId": request_id,
+            }),
+            ErrorShape::GraphQl => serde_json::json!({
+                "errors": [{
+                    "message": self.public_message(),
+                    "extensions": {"code": self.code(), "requestId": request_id},
+                }],
+            }),
+        };
+        let mut resp = Response::new(Bytes::from(body.to_string()));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self {
+            GatewayError::MissingKey => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE));
+            }
+            GatewayError::InvalidKey | GatewayError::ExpiredKey | GatewayError::RevokedKey => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_INVALID));
+            }
+            GatewayError::AuthThrottled { retry_after }
+            | GatewayError::RateLimited { retry_after } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(*retry_after)));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<GatewayError> {
+        let d = Duration::from_millis(1500);
+        vec![
+            GatewayError::BadRequest(BadRequest::DotSegment),
+            GatewayError::Misdirected,
+            GatewayError::UnknownHost,
+            GatewayError::NoRoute,
+            GatewayError::MissingKey,
+            GatewayError::InvalidKey,
+            GatewayError::ExpiredKey,
+            GatewayError::RevokedKey,
+            GatewayError::WrongTenant,
+            GatewayError::AuthThrottled { retry_after: d },
+            GatewayError::RateLimited { retry_after: d },
+            GatewayError::PayloadTooLarge,
+            GatewayError::Upstream {
+                kind: UpstreamFailure::Connect,
+                source: "x".into(),
+            },
+            GatewayError::UpstreamTimeout,
+            GatewayError::Internal("x".into()),
+        ]
+    }
+
+    #[test]
+    fn status_code_outcome_table() {
+        let table: Vec<(u16, &str, &str)> = all()
+            .iter()
+            .map(|e| (e.status().as_u16(), e.code(), e.outcome().as_str()))
+            .collect();
+        assert_eq!(
+            table,
+            vec![
+                (400, "BAD_REQUEST", "bad_request"),
+                (421, "MISDIRECTED_REQUEST", "misdirected"),
+                (404, "NOT_FOUND", "unknown_host"),
+                (404, "NOT_FOUND", "no_route"),
+                (401, "UNAUTHENTICATED", "missing_key"),
+                (401, "UNAUTHENTICATED", "invalid_key"),
+                (401, "UNAUTHENTICATED", "expired_key"),
+                (401, "UNAUTHENTICATED", "revoked_key"),
+                (403, "FORBIDDEN", "wrong_tenant"),
+                (429, "TOO_MANY_AUTH_FAILURES", "auth_throttled"),
+                (429, "RATE_LIMITED", "rate_limited"),
+                (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
+                (502, "BAD_GATEWAY", "upstream_error"),
+                (504, "GATEWAY_TIMEOUT", "upstream_timeout"),
+                (500, "INTERNAL", "internal"),
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_keys_are_indistinguishable_to_clients() {
+        let bodies: Vec<_> = [
+            GatewayError::InvalidKey,
+            GatewayError::ExpiredKey,
+            GatewayError::RevokedKey,
+        ]
+        .iter()
+        .map(|e| {
+            let r = e.to_response(ErrorShape::Rest, "rid");
+            (r.headers().clone(), r.into_body())
+        })
+        .collect();
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn shapes() {
+        assert_eq!(ErrorShape::for_path("/graphql"), ErrorShape::GraphQl);
+        assert_eq!(ErrorShape::for_path("/metadata/x"), ErrorShape::GraphQl);
+        assert_eq!(ErrorShape::for_path("/rest/metadata"), ErrorShape::Rest);
+        assert_eq!(ErrorShape::for_path("/graphqlx"), ErrorShape::Rest);
+        let r = GatewayError::RateLimited {
+            retry_after: Duration::from_millis(1500),
+        }
+        .to_response(ErrorShape::GraphQl, "r\"1");
+        assert_eq!(r.headers()[RETRY_AFTER], "2");
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+        assert_eq!(v["errors"][0]["extensions"]["requestId"], "r\"1");
+    }
+}

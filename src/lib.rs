@@ -1,0 +1,92 @@
+//! twenty-gateway: an authenticating API gateway for self-hosted Twenty CRM.
+//!
+//! # Layout
+//!
+//! In the order a request meets them:
+//!
+//! - [`cli`] / `main.rs` — parse the command line, load the config, run.
+//! - [`config`] — `gateway.yaml`: [`config::raw`] (serde mirror, unknown
+//!   fields rejected) → [`config::validate`] (typed [`config::Config`], every
+//!   error with its path) → [`config::reload`] (swap a new snapshot in).
+//! - [`state`] — the swappable [`state::Snapshot`] a request loads once, and
+//!   what outlives it (limiters, upstream pool, log writer).
+//! - [`listener`] — accept loop, connection cap, TLS handshake timeout,
+//!   HTTP/1.1 + HTTP/2 serving, graceful shutdown.
+//! - [`tls`] — certificates by SNI from the live snapshot; coverage for 421.
+//! - [`proxy`] — per request: [`proxy::handle`] (context, error → JSON,
+//!   log once) around [`proxy::pipeline`]: [`proxy::target`] →
+//!   [`proxy::host`] → [`proxy::route`] → [`proxy::auth`] →
+//!   [`proxy::ratelimit`] → [`proxy::upstream`], bodies in [`proxy::body`].
+//! - [`error`] — one error type: status, code, outcome, JSON body.
+//! - [`access_log`] — the typed access-log record and its writer thread.
+
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod proxy;
+pub mod state;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::listener::{Bound, accept_loop};
+use crate::state::Gateway;
+
+/// Serve on already-bound listeners until `shutdown` resolves, then drain:
+/// stop accepting, let in-flight requests finish within `shutdown_grace`.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    bound: Bound,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), rustls::Error> {
+    let tls = TlsAcceptor::from(tls::server_config(gw.snapshot.clone())?);
+    let limits = gw.current().config.limits.clone();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+
+    for (name, l) in [("https", Some(&bound.https)), ("http", bound.http.as_ref())] {
+        if let Some(addr) = l.and_then(|l| l.local_addr().ok()) {
+            tracing::info!(event = "listening", listener = name, addr = %addr, "listening");
+        }
+    }
+
+    let https = accept_loop(
+        gw.clone(),
+        bound.https,
+        Some(tls),
+        connections.clone(),
+        &graceful,
+    );
+    let http = async {
+        match bound.http {
+            Some(l) => accept_loop(gw.clone(), l, None, connections.clone(), &graceful).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = https => {}
+        _ = http => {}
+        _ = shutdown => {}
+    }
+
+    let open = graceful.count();
+    tracing::info!(event = "shutdown_started", open_connections = open, grace_ms = limits.shutdown_grace.as_millis() as u64, "shutting down: no longer accepting, draining");
+    match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!(event = "shutdown_complete", "all connections drained"),
+        Err(_) => tracing::warn!(
+            event = "shutdown_forced",
+            grace_ms = limits.shutdown_grace.as_millis() as u64,
+            "shutdown_grace elapsed with requests still in flight; cutting them"
+        ),
+    }
+    Ok(())
+}

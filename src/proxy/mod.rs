@@ -1,0 +1,205 @@
+//! Request handling. [`handle`] is the outer shell: it creates the per-request
+//! context, runs the [`pipeline`], turns any error into its JSON response and
+//! hands the access record to the response body, which writes the log line
+//! when the response is over — whatever happened on the way.
+
+pub mod auth;
+pub mod body;
+pub mod host;
+pub mod pipeline;
+pub mod ratelimit;
+pub mod route;
+pub mod target;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use self::body::{Finish, Payload, ResponseBody};
+use self::upstream::{X_FORWARDED_FOR, X_REQUEST_ID};
+use crate::access_log::{AccessRecord, clip};
+use crate::error::{ErrorShape, Outcome};
+use crate::state::Gateway;
+use crate::tls::LoadedCert;
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// What a connection knows about itself, shared by its requests.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: Option<TlsInfo>,
+}
+
+#[derive(Debug)]
+pub struct TlsInfo {
+    pub sni: Option<String>,
+    /// The certificate served on this connection (for 421).
+    pub cert: Option<Arc<LoadedCert>>,
+}
+
+/// Per-request state filled in by the pipeline.
+pub struct Ctx {
+    pub record: AccessRecord,
+    pub request_id: HeaderValue,
+    pub rate_headers: Option<(HeaderValue, HeaderValue)>,
+}
+
+/// A client-sent request id is kept if sane: 1–128 visible ASCII characters.
+fn sane_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c))
+}
+
+fn new_request_id() -> HeaderValue {
+    let bytes: [u8; 16] = rand::random();
+    let mut id = hex::encode(bytes);
+    id.truncate(32);
+    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy —
+/// then the right-most `X-Forwarded-For` entry that is not one.
+fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return peer;
+    }
+    let values: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) if !is_trusted(&ip) => return ip,
+            Ok(_) => continue,
+            // Garbage in the chain: stop believing it.
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_09 => "HTTP/0.9",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Serve one request: run the pipeline, answer errors as JSON, log once.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    // One snapshot for the whole request: one consistent world.
+    let snap = gw.current();
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| sane_request_id(v))
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let shape = ErrorShape::for_path(req.uri().path());
+    let mut ctx = Ctx {
+        record: AccessRecord {
+            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            client_ip: client_ip(conn.peer.ip(), req.headers(), &snap.config.trusted_proxies),
+            method: req.method().clone(),
+            host: None,
+            path: req.uri().path().to_string(),
+            route: None,
+            tenant: None,
+            key_id: None,
+            status: 0,
+            outcome: Outcome::Ok,
+            upstream: None,
+            start,
+            upstream_ms: None,
+            bytes_out: 0,
+            protocol: protocol(req.version()),
+            user_agent: req
+                .headers()
+                .get(http::header::USER_AGENT)
+                .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())).to_string()),
+            error: None,
+        },
+        request_id,
+        rate_headers: None,
+    };
+
+    let result = pipeline::run(&gw, &snap, &conn, req, &mut ctx).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            ctx.record.outcome = e.outcome();
+            if ctx.record.error.is_none() {
+                let mut detail = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    detail.push_str(": ");
+                    detail.push_str(&s.to_string());
+                    source = s.source();
+                }
+                ctx.record.error = Some(detail);
+            }
+            e.to_response(shape, &ctx.record.request_id)
+                .map(Payload::full)
+        }
+    };
+    ctx.record.status = resp.status().as_u16();
+    let headers = resp.headers_mut();
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id);
+    if let Some((policy, state)) = ctx.rate_headers {
+        headers.insert(RATELIMIT_POLICY.clone(), policy);
+        headers.insert(RATELIMIT.clone(), state);
+    }
+    let finish = Finish {
+        record: ctx.record,
+        gateway: gw.clone(),
+        log: snap.config.access_log,
+    };
+    Ok(resp.map(|payload| ResponseBody::new(payload, finish)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(sane_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!sane_request_id(&HeaderValue::from_static("a b")));
+        assert!(!sane_request_id(&HeaderValue::from_static("")));
+        let long = "x".repeat(129);
+        assert!(!sane_request_id(&HeaderValue::from_str(&long).unwrap()));
+        assert_eq!(new_request_id().len(), 32);
+    }
+
+    #[test]
+    fn client_ip_from_trusted_chain() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.0.0.2"),
+        );
+        let lb: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(lb, &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        assert_eq!(client_ip(lb, &h, &[]), lb);
+    }
+}

@@ -1,0 +1,170 @@
+//! The straight line a request walks. Each step says why it sits where it
+//! does; SPEC's order is: target (400) → 421 → host (404) → route (404) →
+//! authentication → rate limits → upstream. A cheaper or more specific
+//! rejection never waits behind a later one.
+
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+
+use super::body::{Payload, RequestBody};
+use super::ratelimit::{Decision, state_field};
+use super::upstream::{Forwarding, is_websocket_upgrade, rewrite_request, rewrite_response};
+use super::{ConnInfo, Ctx, auth, host, target};
+use crate::error::{BadRequest, GatewayError};
+use crate::state::{Gateway, Snapshot};
+
+pub async fn run(
+    gw: &Gateway,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<Payload>, GatewayError> {
+    let cfg = &snap.config;
+
+    // 1. The target first: nothing below may look at a path an upstream
+    //    could read differently (dot segments, encoded slashes, ...).
+    target::check_path(req.uri().path()).map_err(GatewayError::BadRequest)?;
+
+    // 2. The host, malformed → 400; then 421 before the tenant lookup: a
+    //    connection whose certificate does not cover this host must not be
+    //    used for it, whether or not we know the host.
+    let (mut parts, body) = req.into_parts();
+    let host = host::request_host(&parts).map_err(GatewayError::BadRequest)?;
+    ctx.record.host = Some(host.name.clone());
+    if let Some(tls) = &conn.tls
+        && tls.sni.is_some()
+        && tls.cert.as_ref().is_some_and(|c| !c.covers(&host.name))
+    {
+        return Err(GatewayError::Misdirected);
+    }
+
+    // 3. Tenant from the host, then route from the path: both are cheap map
+    //    lookups that need no credentials.
+    let tenant_id = cfg.hosts.lookup(&host.name).ok_or(GatewayError::UnknownHost)?;
+    let tenant = &cfg.tenants[tenant_id];
+    ctx.record.tenant = Some(tenant.name.clone());
+    let (route_idx, route) = cfg
+        .routes
+        .lookup(parts.uri.path())
+        .ok_or(GatewayError::NoRoute)?;
+    ctx.record.route = Some(route.prefix.clone());
+    let upstream = &tenant.route_upstreams[route_idx];
+    ctx.record.upstream = Some(upstream.name.clone());
+
+    // 4. Authentication, on routes that want it. The brake comes first: a
+    //    braked client is refused before we spend a hash on its guess.
+    let mut key_id = None;
+    if route.auth {
+        if let Some(brake) = &snap.brake
+            && let Some(retry_after) = brake.blocked_for(ctx.record.client_ip)
+        {
+            return Err(GatewayError::AuthThrottled { retry_after });
+        }
+        let authenticated =
+            auth::authenticate(&cfg.keys, &parts.headers, tenant_id, SystemTime::now());
+        let (key_idx, key) = match authenticated {
+            Ok(found) => found,
+            Err(
+                e @ (GatewayError::InvalidKey
+                | GatewayError::ExpiredKey
+                | GatewayError::RevokedKey),
+            ) => {
+                if let Some(brake) = &snap.brake
+                    && let Some(retry_after) = brake.record_failure(ctx.record.client_ip)
+                {
+                    ctx.record.error = Some(format!("{e}; client now braked"));
+                    return Err(GatewayError::AuthThrottled { retry_after });
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        ctx.record.key_id = Some(key.id.clone());
+        key_id = Some(key.id.clone());
+
+        // 5. Rate limits: the key's own, then the tenant's shared one. Only
+        //    authenticated requests count, so a stranger cannot drain a
+        //    tenant's quota.
+        let mut checked: [(&str, Option<Decision>); 2] = [("key", None), ("tenant", None)];
+        let mut denied = None;
+        if let Some(l) = &snap.key_limiters[key_idx] {
+            let d = l.check();
+            checked[0].1 = Some(d);
+            if let Decision::Denied { retry_after, .. } = d {
+                denied = Some(retry_after);
+            }
+        }
+        if denied.is_none()
+            && let Some(l) = &snap.tenant_limiters[tenant_id]
+        {
+            let d = l.check();
+            checked[1].1 = Some(d);
+            if let Decision::Denied { retry_after, .. } = d {
+                denied = Some(retry_after);
+            }
+        }
+        if let Some(policy) = &snap.key_policies[key_idx] {
+            let items: Vec<(&str, Decision)> = checked
+                .iter()
+                .filter_map(|(n, d)| d.map(|d| (*n, d)))
+                .collect();
+            ctx.rate_headers = Some((
+                policy.clone(),
+                HeaderValue::try_from(state_field(&items))
+                    .map_err(|e| GatewayError::Internal(e.into()))?,
+            ));
+        }
+        if let Some(retry_after) = denied {
+            return Err(GatewayError::RateLimited { retry_after });
+        }
+    }
+
+    // 6. A body announced larger than allowed is refused before we open an
+    //    upstream exchange; unannounced (chunked) ones are cut while streaming.
+    let max_body = cfg.limits.max_request_body;
+    if http_body::Body::size_hint(&body).lower() > max_body {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+
+    // 7. Upstream. The WebSocket upgrade future must be taken from the
+    //    client's request before it is consumed.
+    let websocket = is_websocket_upgrade(parts.version, &parts.headers);
+    let client_upgrade = websocket.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    rewrite_request(
+        &mut parts,
+        upstream,
+        &Forwarding {
+            client_ip: ctx.record.client_ip,
+            proto: if conn.tls.is_some() { "https" } else { "http" },
+            host: &host.raw,
+            request_id: &ctx.request_id,
+            tenant: &tenant.name,
+            key_id: key_id.as_deref(),
+            authorization: tenant.upstream_authorization.as_ref(),
+            websocket,
+        },
+    )?;
+    let upstream_req = Request::from_parts(parts, RequestBody::new(body, max_body));
+    let started = Instant::now();
+    let sent = gw.upstream.send(upstream_req, cfg.limits.upstream_timeout).await;
+    ctx.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    let mut resp = sent?;
+    rewrite_response(&mut resp);
+    if websocket && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // Tunnel only once the upstream has agreed to switch.
+        match client_upgrade.flatten() {
+            Some(client) => {
+                let upstream_io = hyper::upgrade::on(&mut resp);
+                super::upstream::spawn_tunnel(client, upstream_io);
+            }
+            None => {
+                return Err(GatewayError::BadRequest(BadRequest::Framing));
+            }
+        }
+        return Ok(resp.map(|_| Payload::empty()));
+    }
+    Ok(resp.map(Payload::Stream))
+}

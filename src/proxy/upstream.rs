@@ -1,0 +1,306 @@
+//! The way to Twenty: header rewriting (hop-by-hop out, forwarding headers
+//! in), the pooled keep-alive client, error classification, and WebSocket
+//! tunnelling once the upstream has answered 101.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{
+    AUTHORIZATION, CONNECTION, EXPECT, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::body::{BodyTooLarge, RequestBody};
+use crate::config::{Limits, Upstream};
+use crate::error::{GatewayError, UpstreamFailure};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_GATEWAY_TENANT: HeaderName = HeaderName::from_static("x-gateway-tenant");
+pub static X_GATEWAY_KEY_ID: HeaderName = HeaderName::from_static("x-gateway-key-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Headers a `Connection` list can never remove: the credential, the host,
+/// and everything the gateway sets itself.
+fn protected(name: &HeaderName) -> bool {
+    name == AUTHORIZATION
+        || name == HOST
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == X_REQUEST_ID
+        || name.as_str().starts_with("x-gateway-")
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// An HTTP/1.1 `Upgrade: websocket` handshake request.
+pub fn is_websocket_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && has_token(headers, &UPGRADE, "websocket")
+        && has_token(headers, &CONNECTION, "upgrade")
+}
+
+/// Remove hop-by-hop headers: those named in `Connection` (unless
+/// protected), the standard list, and every `Proxy-*`. With `upgrade`, keeps
+/// `Upgrade` and sets `Connection: upgrade` so the handshake passes.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            let keep = protected(&name) || (upgrade && name == UPGRADE);
+            if !keep {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(TE);
+    headers.remove(TRAILER);
+    headers.remove(TRANSFER_ENCODING);
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+/// What the gateway adds to a request it forwards.
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    pub proto: &'static str,
+    pub host: &'a HeaderValue,
+    pub request_id: &'a HeaderValue,
+    pub tenant: &'a str,
+    pub key_id: Option<&'a str>,
+    pub authorization: Option<&'a HeaderValue>,
+    pub websocket: bool,
+}
+
+/// Turn the client's request head into the upstream's.
+pub fn rewrite_request(
+    parts: &mut Parts,
+    upstream: &Upstream,
+    f: &Forwarding<'_>,
+) -> Result<(), GatewayError> {
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h, f.websocket);
+    // The gateway answers `Expect: 100-continue` itself.
+    h.remove(EXPECT);
+    // Client-sent X-Gateway-* never reach Twenty: only the gateway speaks for
+    // tenants and keys.
+    if h.keys().any(|k| k.as_str().starts_with("x-gateway-")) {
+        let ours: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-gateway-"))
+            .cloned()
+            .collect();
+        for name in ours {
+            h.remove(name);
+        }
+    }
+
+    let mut xff = String::new();
+    for v in h.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                xff.push_str(s);
+                xff.push_str(", ");
+            }
+        }
+    }
+    use std::fmt::Write;
+    let _ = write!(xff, "{}", f.client_ip);
+    h.insert(
+        X_FORWARDED_FOR.clone(),
+        HeaderValue::try_from(xff).map_err(|e| GatewayError::Internal(e.into()))?,
+    );
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.proto));
+    h.insert(X_FORWARDED_HOST.clone(), f.host.clone());
+    h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
+    h.insert(
+        X_GATEWAY_TENANT.clone(),
+        HeaderValue::try_from(f.tenant).map_err(|e| GatewayError::Internal(e.into()))?,
+    );
+    if let Some(id) = f.key_id {
+        h.insert(
+            X_GATEWAY_KEY_ID.clone(),
+            HeaderValue::try_from(id).map_err(|e| GatewayError::Internal(e.into()))?,
+        );
+    }
+    if let Some(auth) = f.authorization {
+        h.insert(AUTHORIZATION, auth.clone());
+    }
+    // HTTP/2 carries the host in :authority; Twenty (HTTP/1.1) needs Host.
+    if !h.contains_key(HOST) {
+        h.insert(HOST, f.host.clone());
+    }
+
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(upstream.authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| GatewayError::Internal(e.into()))?;
+    parts.version = Version::HTTP_11;
+    Ok(())
+}
+
+/// Clean the upstream's response head before it goes to the client.
+pub fn rewrite_response(resp: &mut Response<Incoming>) {
+    let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), upgrade);
+}
+
+/// The pooled keep-alive HTTP/1.1 client shared by all requests.
+pub struct UpstreamClient {
+    client: Client<HttpConnector, RequestBody>,
+}
+
+impl UpstreamClient {
+    pub fn new(limits: &Limits) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(limits.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        UpstreamClient { client }
+    }
+
+    /// Send the request; the response *head* must arrive within `timeout`.
+    /// The body then streams for as long as it lasts (SSE).
+    pub async fn send(
+        &self,
+        req: http::Request<RequestBody>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(e)),
+        }
+    }
+}
+
+fn classify(e: hyper_util::client::legacy::Error) -> GatewayError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if s.is::<BodyTooLarge>() {
+            return GatewayError::PayloadTooLarge;
+        }
+        source = s.source();
+    }
+    let kind = if e.is_connect() {
+        UpstreamFailure::Connect
+    } else {
+        UpstreamFailure::Reset
+    };
+    GatewayError::Upstream {
+        kind,
+        source: Box::new(e),
+    }
+}
+
+/// Join the client's and the upstream's upgraded connections and copy bytes
+/// both ways until either side closes.
+pub fn spawn_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    tokio::spawn(async move {
+        let (client, upstream) = tokio::join!(client, upstream);
+        match (client, upstream) {
+            (Ok(c), Ok(u)) => {
+                let mut c = TokioIo::new(c);
+                let mut u = TokioIo::new(u);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    tracing::debug!(error = %e, "websocket tunnel closed with error");
+                }
+            }
+            (c, u) => {
+                tracing::debug!(
+                    client_ok = c.is_ok(),
+                    upstream_ok = u.is_ok(),
+                    "websocket upgrade did not complete"
+                );
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_cannot_remove_protected_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("X-Forwarded-For, Authorization, Host, x-secret, keep-alive"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        h.insert(HOST, HeaderValue::from_static("acme.localhost"));
+        h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("192.0.2.1"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["authorization", "host", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn websocket_keeps_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_websocket_upgrade(Version::HTTP_11, &h));
+        assert!(!is_websocket_upgrade(Version::HTTP_2, &h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[CONNECTION], "upgrade");
+    }
+}

@@ -1,0 +1,222 @@
+//! TLS termination: certificates loaded at validation, chosen per handshake by
+//! SNI from the *current* config snapshot (so a reload adds names without a
+//! restart), and the coverage check behind 421.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, version};
+
+use crate::state::Snapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} contains no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("{path} is not a PEM certificate chain: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("{path} contains no usable PEM private key: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("key {key} does not match certificate {cert}")]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("{path} has no DNS subject alternative names to serve")]
+    NoNames { path: PathBuf },
+}
+
+/// A certificate chain with its signing key and the names it covers.
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// Lowercase SAN DNS names; wildcards keep their `*.` prefix.
+    pub names: Vec<String>,
+    pub source: PathBuf,
+}
+
+impl fmt::Debug for LoadedCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedCert")
+            .field("names", &self.names)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl LoadedCert {
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, CertError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| CertError::Read {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let cert_pem = read(cert_path)?;
+        let key_pem = read(key_path)?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CertError::BadCertificate {
+                path: cert_path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let Some(leaf) = chain.first() else {
+            return Err(CertError::NoCertificate {
+                path: cert_path.to_path_buf(),
+            });
+        };
+        let names = san_dns_names(leaf).map_err(|reason| CertError::BadCertificate {
+            path: cert_path.to_path_buf(),
+            reason,
+        })?;
+        if names.is_empty() {
+            return Err(CertError::NoNames {
+                path: cert_path.to_path_buf(),
+            });
+        }
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::BadKey {
+            path: key_path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let signer = aws_lc_rs::sign::any_supported_type(&key_der).map_err(|e| {
+            CertError::BadKey {
+                path: key_path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+        let key = CertifiedKey::new(chain, signer);
+        match key.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(_) => {
+                return Err(CertError::Mismatch {
+                    cert: cert_path.to_path_buf(),
+                    key: key_path.to_path_buf(),
+                });
+            }
+        }
+        Ok(LoadedCert {
+            key: Arc::new(key),
+            names,
+            source: cert_path.to_path_buf(),
+        })
+    }
+
+    /// Whether this certificate is valid for `host` (normalised): an exact SAN
+    /// or a wildcard covering exactly one label.
+    pub fn covers(&self, host: &str) -> bool {
+        self.names.iter().any(|n| match n.strip_prefix("*.") {
+            Some(parent) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+            None => n == host,
+        })
+    }
+}
+
+fn san_dns_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for gn in &san.value.general_names {
+            if let GeneralName::DNSName(n) = gn {
+                names.push(n.trim_end_matches('.').to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// All certificates of one config, indexed for SNI selection.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    certs: Vec<Arc<LoadedCert>>,
+    exact: HashMap<String, usize>,
+    /// `*.example.com` indexed by `example.com`.
+    wildcard: HashMap<String, usize>,
+}
+
+impl CertStore {
+    pub fn new(certs: Vec<LoadedCert>) -> Self {
+        let mut store = CertStore::default();
+        for (i, cert) in certs.into_iter().enumerate() {
+            for name in &cert.names {
+                // First certificate listing a name wins, like the config order.
+                match name.strip_prefix("*.") {
+                    Some(parent) => store.wildcard.entry(parent.to_string()).or_insert(i),
+                    None => store.exact.entry(name.clone()).or_insert(i),
+                };
+            }
+            store.certs.push(Arc::new(cert));
+        }
+        store
+    }
+
+    /// The certificate for an SNI name: exact SAN, then wildcard, then the
+    /// first certificate (also for clients that send no SNI).
+    pub fn select(&self, sni: Option<&str>) -> Option<&Arc<LoadedCert>> {
+        let idx = sni
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
+            .and_then(|s| {
+                self.exact.get(&s).copied().or_else(|| {
+                    s.split_once('.')
+                        .and_then(|(_, parent)| self.wildcard.get(parent).copied())
+                })
+            })
+            .unwrap_or(0);
+        self.certs.get(idx)
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+}
+
+/// rustls certificate resolver reading the live snapshot on every handshake.
+pub struct SniResolver {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SniResolver")
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let snap = self.snapshot.load();
+        snap.config
+            .certs
+            .select(hello.server_name())
+            .map(|c| c.key.clone())
+    }
+}
+
+/// The server's rustls config: TLS 1.2 and 1.3 only, ALPN h2 + http/1.1,
+/// stateless session tickets so returning clients skip the full handshake.
+pub fn server_config(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { snapshot }));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = aws_lc_rs::Ticketer::new()?;
+    config.ignore_client_order = true;
+    Ok(Arc::new(config))
+}
