@@ -36,7 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         leaf.subject_alt_names
             .push(SanType::IpAddress(ip.parse::<IpAddr>()?));
     }
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.not_before = date_time_ymd(2026, 1, 1);
     leaf.not_after = date_time_ymd(2036, 1, 1);

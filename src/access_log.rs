@@ -49,6 +49,8 @@ pub struct AccessRecord {
     pub user_agent: Option<String>,
     /// Why the gateway refused or failed, for operators (never a secret).
     pub error: Option<String>,
+    /// For upstream failures: connect, reset, timeout or body (metric label).
+    pub error_kind: Option<&'static str>,
 }
 
 #[derive(Serialize)]

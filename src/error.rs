@@ -174,6 +174,34 @@ impl ErrorShape {
     }
 }
 
+/// Twenty's REST error shape, fields in Twenty's order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RestError<'a> {
+    status_code: u16,
+    error: &'static str,
+    messages: [&'static str; 1],
+    request_id: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct GraphQlErrors<'a> {
+    errors: [GraphQlError<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+struct GraphQlError<'a> {
+    message: &'static str,
+    extensions: Extensions<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Extensions<'a> {
+    code: &'static str,
+    request_id: &'a str,
+}
+
 const BEARER_CHALLENGE: &str = "Bearer realm=\"twenty-gateway\"";
 const BEARER_INVALID: &str = "Bearer realm=\"twenty-gateway\", error=\"invalid_token\"";
 
@@ -268,21 +296,24 @@ impl GatewayError {
     /// The JSON response for this error, carrying `request_id`.
     pub fn to_response(&self, shape: ErrorShape, request_id: &str) -> Response<Bytes> {
         let status = self.status();
+        let message = self.public_message();
+        let code = self.code();
         let body = match shape {
-            ErrorShape::Rest => serde_json::json!({
-                "statusCode": status.as_u16(),
-                "error": self.code(),
-                "messages": [self.public_message()],
-                "requestId": request_id,
+            ErrorShape::Rest => serde_json::to_vec(&RestError {
+                status_code: status.as_u16(),
+                error: code,
+                messages: [message],
+                request_id,
             }),
-            ErrorShape::GraphQl => serde_json::json!({
-                "errors": [{
-                    "message": self.public_message(),
-                    "extensions": {"code": self.code(), "requestId": request_id},
+            ErrorShape::GraphQl => serde_json::to_vec(&GraphQlErrors {
+                errors: [GraphQlError {
+                    message,
+                    extensions: Extensions { code, request_id },
                 }],
             }),
-        };
-        let mut resp = Response::new(Bytes::from(body.to_string()));
+        }
+        .unwrap_or_default();
+        let mut resp = Response::new(Bytes::from(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -295,7 +326,10 @@ impl GatewayError {
             }
             GatewayError::AuthThrottled { retry_after }
             | GatewayError::RateLimited { retry_after } => {
-                h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(*retry_after)));
+                h.insert(
+                    RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(*retry_after)),
+                );
             }
             _ => {}
         }

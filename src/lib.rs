@@ -19,14 +19,18 @@
 //!   [`proxy::ratelimit`] → [`proxy::upstream`], bodies in [`proxy::body`].
 //! - [`error`] — one error type: status, code, outcome, JSON body.
 //! - [`access_log`] — the typed access-log record and its writer thread.
+//! - [`metrics`] / [`admin`] — Prometheus metrics, `/healthz`, `/readyz`,
+//!   `POST /reload` on the admin listener.
 
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod state;
 pub mod tls;
@@ -53,11 +57,36 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
 
-    for (name, l) in [("https", Some(&bound.https)), ("http", bound.http.as_ref())] {
+    for (name, l) in [
+        ("https", Some(&bound.https)),
+        ("http", bound.http.as_ref()),
+        ("admin", bound.admin.as_ref()),
+    ] {
         if let Some(addr) = l.and_then(|l| l.local_addr().ok()) {
             tracing::info!(event = "listening", listener = name, addr = %addr, "listening");
         }
     }
+    let snap = gw.current();
+    tracing::info!(
+        event = "config_loaded",
+        generation = snap.generation,
+        tenants = snap.config.tenants.len(),
+        keys = snap.config.keys.keys.len(),
+        certificates = snap.config.certs.len(),
+        "serving"
+    );
+    drop(snap);
+
+    // Live operations: reload triggers and periodic housekeeping.
+    let background = [
+        tokio::spawn(config::reload::on_sighup(gw.clone())),
+        tokio::spawn(config::reload::watch_file(gw.clone())),
+        tokio::spawn(housekeeping(gw.clone())),
+    ];
+    let admin = bound
+        .admin
+        .map(|l| tokio::spawn(admin::serve_admin(gw.clone(), l)));
+    gw.ready.store(true, std::sync::atomic::Ordering::Release);
 
     let https = accept_loop(
         gw.clone(),
@@ -78,8 +107,17 @@ pub async fn serve(
         _ = shutdown => {}
     }
 
+    gw.ready.store(false, std::sync::atomic::Ordering::Release);
+    for task in background {
+        task.abort();
+    }
     let open = graceful.count();
-    tracing::info!(event = "shutdown_started", open_connections = open, grace_ms = limits.shutdown_grace.as_millis() as u64, "shutting down: no longer accepting, draining");
+    tracing::info!(
+        event = "shutdown_started",
+        open_connections = open,
+        grace_ms = limits.shutdown_grace.as_millis() as u64,
+        "shutting down: no longer accepting, draining"
+    );
     match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!(event = "shutdown_complete", "all connections drained"),
         Err(_) => tracing::warn!(
@@ -88,5 +126,20 @@ pub async fn serve(
             "shutdown_grace elapsed with requests still in flight; cutting them"
         ),
     }
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     Ok(())
+}
+
+/// Periodic upkeep: forget idle auth-failure counters so the brake's memory
+/// follows the attack, not the history.
+async fn housekeeping(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if let Some(brake) = &gw.current().brake {
+            brake.housekeeping();
+        }
+    }
 }

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Limits, Listen};
+use crate::metrics::ConnectionGuard;
 use crate::proxy::{self, ConnInfo, TlsInfo};
 use crate::state::Gateway;
 
@@ -100,6 +101,7 @@ pub async fn accept_loop(
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             // Over max_connections: refuse this one, keep serving the rest.
+            gw.metrics.connections_refused.inc();
             tracing::debug!(event = "connection_refused", %peer, "max_connections reached");
             drop(tcp);
             continue;
@@ -122,6 +124,7 @@ async fn serve_connection(
     watcher: Watcher,
 ) {
     let _ = tcp.set_nodelay(true);
+    let _open = ConnectionGuard::new(&gw.metrics.open_connections);
     // Connection-level limits come from the snapshot current at accept time.
     let limits = gw.current().config.limits.clone();
     let builder = conn_builder(&limits);
@@ -131,19 +134,27 @@ async fn serve_connection(
             serve_io(gw, builder, TokioIo::new(tcp), info, watcher).await;
         }
         Some(acceptor) => {
-            let stream =
-                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::debug!(event = "tls_handshake_failed", %peer, reason = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(event = "tls_handshake_failed", %peer, reason = "timeout", "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let stream = match tokio::time::timeout(
+                limits.header_read_timeout,
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => {
+                    gw.metrics.handshake("ok");
+                    stream
+                }
+                Ok(Err(e)) => {
+                    gw.metrics.handshake("error");
+                    tracing::debug!(event = "tls_handshake_failed", %peer, reason = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    gw.metrics.handshake("timeout");
+                    tracing::debug!(event = "tls_handshake_failed", %peer, reason = "timeout", "TLS handshake timed out");
+                    return;
+                }
+            };
             let sni = stream.get_ref().1.server_name().map(str::to_owned);
             let cert = gw.current().config.certs.select(sni.as_deref()).cloned();
             let info = Arc::new(ConnInfo {

@@ -40,7 +40,10 @@ fn check(cli: &Cli) -> ExitCode {
             for line in errors.lines() {
                 eprintln!("{line}");
             }
-            eprintln!("{} error(s); the config was not accepted", errors.errors.len());
+            eprintln!(
+                "{} error(s); the config was not accepted",
+                errors.errors.len()
+            );
             ExitCode::from(1)
         }
     }
@@ -67,8 +70,7 @@ fn hash_key() -> ExitCode {
 fn yaml_safe(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 

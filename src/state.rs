@@ -3,14 +3,16 @@
 //! (limiters, the upstream pool, the log writer).
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::ratelimit::{AuthBrake, Limiter, LimiterRegistry, Owner, policy_field};
 use crate::proxy::upstream::UpstreamClient;
 
@@ -33,6 +35,10 @@ pub struct Gateway {
     pub limiters: LimiterRegistry,
     pub upstream: UpstreamClient,
     pub access_log: AccessLog,
+    pub metrics: Metrics,
+    pub config_path: PathBuf,
+    /// True while listeners accept with a valid config (`/readyz`).
+    pub ready: AtomicBool,
     generation: AtomicU64,
     /// Serialises reloads so building and pruning limiters never interleave.
     pub reload_lock: tokio::sync::Mutex<()>,
@@ -42,13 +48,19 @@ impl Gateway {
     pub fn new(config: Config, access_log: AccessLog) -> Arc<Self> {
         let upstream = UpstreamClient::new(&config.limits);
         let limiters = LimiterRegistry::default();
+        let config_path = config.path.clone();
         let (snapshot, used) = build_snapshot(config, 1, &limiters, None);
         limiters.retain(&used);
+        let metrics = Metrics::new();
+        metrics.config_generation.set(1);
         Arc::new(Gateway {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             limiters,
             upstream,
             access_log,
+            metrics,
+            config_path,
+            ready: AtomicBool::new(false),
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
         })
@@ -99,14 +111,16 @@ fn build_snapshot(
             registry.get_or_create(owner, r)
         }));
         let tenant_rate = config.tenants.get(key.tenant).and_then(|t| t.rate);
-        key_policies.push(
-            policy_field(key.rate, tenant_rate).and_then(|s| HeaderValue::try_from(s).ok()),
-        );
+        key_policies
+            .push(policy_field(key.rate, tenant_rate).and_then(|s| HeaderValue::try_from(s).ok()));
     }
-    let brake = config.limits.auth_failures_per_ip.map(|rate| match old_brake {
-        Some(b) if b.rate() == rate => b,
-        _ => Arc::new(AuthBrake::new(rate)),
-    });
+    let brake = config
+        .limits
+        .auth_failures_per_ip
+        .map(|rate| match old_brake {
+            Some(b) if b.rate() == rate => b,
+            _ => Arc::new(AuthBrake::new(rate)),
+        });
     (
         Snapshot {
             config,

@@ -88,12 +88,11 @@ impl LoadedCert {
             path: key_path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let signer = aws_lc_rs::sign::any_supported_type(&key_der).map_err(|e| {
-            CertError::BadKey {
+        let signer =
+            aws_lc_rs::sign::any_supported_type(&key_der).map_err(|e| CertError::BadKey {
                 path: key_path.to_path_buf(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let key = CertifiedKey::new(chain, signer);
         match key.keys_match() {
             Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
@@ -125,7 +124,8 @@ impl LoadedCert {
 
 fn san_dns_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for gn in &san.value.general_names {

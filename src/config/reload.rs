@@ -1,3 +1,173 @@
-//! Reload: load → validate → build a new snapshot → swap; the old one keeps
-//! serving on any error. (Triggers — SIGHUP, file watch, admin — are added by
-//! the live-operations work; they all call [`reload`].)
+//! Reload: load → validate → build a new snapshot → swap, with the old one
+//! serving until the swap and forever if the new file is bad. SIGHUP, the
+//! file watch and `POST /reload` all call [`reload`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+
+use super::{ConfigErrors, load};
+use crate::state::{Gateway, Snapshot};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    Signal,
+    FileWatch,
+    Admin,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::FileWatch => "file_watch",
+            Trigger::Admin => "admin",
+        }
+    }
+}
+
+/// Load the config file again and, if it is valid, make it the running one.
+pub async fn reload(gw: &Gateway, trigger: Trigger) -> Result<Arc<Snapshot>, ConfigErrors> {
+    let _serial = gw.reload_lock.lock().await;
+    let path = gw.config_path.clone();
+    // Reading certificates and hashing files is blocking work.
+    let loaded = tokio::task::spawn_blocking(move || load(&path))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigErrors {
+                file: gw.config_path.clone(),
+                errors: vec![super::ConfigError {
+                    path: String::new(),
+                    message: format!("config loader failed: {e}"),
+                }],
+            })
+        });
+    let config = match loaded {
+        Ok(c) => c,
+        Err(errors) => {
+            gw.metrics.reload(false);
+            let lines = errors.lines();
+            tracing::error!(
+                event = "reload_failed",
+                trigger = trigger.as_str(),
+                error_count = lines.len(),
+                errors = ?lines,
+                "config reload failed; the running config is unchanged"
+            );
+            return Err(errors);
+        }
+    };
+    let current = gw.current();
+    if config.listen != current.config.listen {
+        tracing::warn!(
+            event = "reload_listen_ignored",
+            "listen addresses are not reloadable; keeping the sockets bound at start (restart to move them)"
+        );
+    }
+    let process_wide = |l: &super::Limits| (l.max_connections, l.connect_timeout);
+    if process_wide(&config.limits) != process_wide(&current.config.limits) {
+        tracing::warn!(
+            event = "reload_limits_ignored",
+            "limits.max_connections and limits.connect_timeout apply from the next restart"
+        );
+    }
+    let snapshot = gw.install(config);
+    gw.metrics.reload(true);
+    gw.metrics
+        .config_generation
+        .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+    tracing::info!(
+        event = "reload",
+        trigger = trigger.as_str(),
+        generation = snapshot.generation,
+        tenants = snapshot.config.tenants.len(),
+        keys = snapshot.config.keys.keys.len(),
+        certificates = snapshot.config.certs.len(),
+        "config reloaded"
+    );
+    Ok(snapshot)
+}
+
+/// Reload on every SIGHUP.
+pub async fn on_sighup(gw: Arc<Gateway>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload via the admin listener");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let _ = reload(&gw, Trigger::Signal).await;
+    }
+}
+
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+fn digest(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+}
+
+/// Watch the config file and reload when its content changes. The parent
+/// directory is watched, so editors that save by writing a new file and
+/// renaming it over the old one (vim, `sed -i`) are seen too. Events are
+/// debounced, and a write that leaves the content unchanged is ignored.
+pub async fn watch_file(gw: Arc<Gateway>) {
+    let path: PathBuf = gw.config_path.clone();
+    let Some(name) = path.file_name().map(|n| n.to_os_string()) else {
+        return;
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let handler = move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res
+            && !matches!(event.kind, EventKind::Access(_))
+            && event.paths.iter().any(|p| p.file_name() == Some(&name))
+        {
+            let _ = tx.send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(event = "watch_failed", error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(event = "watch_failed", error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP or POST /reload");
+        return;
+    }
+    let mut last = digest(&path);
+    while rx.recv().await.is_some() {
+        // Debounce: wait until the burst of events from one save is over.
+        loop {
+            match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let now = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || digest(&p))
+                .await
+                .ok()
+                .flatten()
+        };
+        if now.is_none() || now == last {
+            // Deleted mid-rename, or touched without a change.
+            continue;
+        }
+        last = now;
+        let _ = reload(&gw, Trigger::FileWatch).await;
+    }
+    drop(watcher);
+}

@@ -262,15 +262,25 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
             continue;
         }
         let prefix = prefix.trim_end_matches('/').to_string();
-        let prefix = if prefix.is_empty() { "/".into() } else { prefix };
+        let prefix = if prefix.is_empty() {
+            "/".into()
+        } else {
+            prefix
+        };
         if !seen_prefixes.insert(prefix.clone()) {
-            c.err(format!("{p}.prefix"), format!("duplicate route prefix {prefix:?}"));
+            c.err(
+                format!("{p}.prefix"),
+                format!("duplicate route prefix {prefix:?}"),
+            );
         }
         // Declared but invalid upstreams were reported above already.
         if !raw.upstreams.contains_key(&upstream) {
             c.err(
                 format!("{p}.upstream"),
-                format!("unknown upstream {upstream:?} (defined: {})", names(&upstreams)),
+                format!(
+                    "unknown upstream {upstream:?} (defined: {})",
+                    names(&upstreams)
+                ),
             );
         }
         routes.push(Route {
@@ -286,7 +296,10 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
     for (i, d) in raw.base_domains.iter().enumerate() {
         match normalize_host(d) {
             Some(h) if !h.is_empty() => hosts.base_domains.push(h),
-            _ => c.err(format!("base_domains[{i}]"), format!("invalid domain {d:?}")),
+            _ => c.err(
+                format!("base_domains[{i}]"),
+                format!("invalid domain {d:?}"),
+            ),
         }
     }
     // Who claims which full host name, for "two tenants claiming one host".
@@ -299,7 +312,10 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
             c.err(format!("{p}.name"), "must not be empty");
         }
         if tenant_ids.contains_key(&rt.name) {
-            c.err(format!("{p}.name"), format!("duplicate tenant {:?}", rt.name));
+            c.err(
+                format!("{p}.name"),
+                format!("duplicate tenant {:?}", rt.name),
+            );
             continue;
         }
         let id = tenants.len();
@@ -389,7 +405,10 @@ fn validate_tenant(
         if !defaults.contains_key(name) {
             c.err(
                 &field,
-                format!("overrides unknown upstream {name:?} (defined: {})", names(defaults)),
+                format!(
+                    "overrides unknown upstream {name:?} (defined: {})",
+                    names(defaults)
+                ),
             );
         }
         if let Some(u) = parse_upstream(c, &field, name, url) {
@@ -427,7 +446,10 @@ fn validate_tenant(
         (None, Some(file)) => match std::fs::read_to_string(dir.join(file)) {
             Ok(v) if !v.trim().is_empty() => Some((format!("{p}.upstream_token_file"), v)),
             Ok(_) => {
-                c.err(format!("{p}.upstream_token_file"), format!("{file} is empty"));
+                c.err(
+                    format!("{p}.upstream_token_file"),
+                    format!("{file} is empty"),
+                );
                 None
             }
             Err(e) => {
@@ -492,7 +514,10 @@ fn validate_keys(
         }
         let tenant = tenant_ids.get(&rk.tenant).copied();
         if tenant.is_none() {
-            c.err(format!("{p}.tenant"), format!("unknown tenant {:?}", rk.tenant));
+            c.err(
+                format!("{p}.tenant"),
+                format!("unknown tenant {:?}", rk.tenant),
+            );
         }
         let digest = parse_sha256(&rk.sha256);
         if digest.is_none() {
@@ -510,7 +535,9 @@ fn validate_keys(
                 .map_err(|err| {
                     c.err(
                         format!("{p}.expires"),
-                        format!("{e:?} is not an RFC 3339 timestamp like 2027-01-01T00:00:00Z: {err}"),
+                        format!(
+                            "{e:?} is not an RFC 3339 timestamp like 2027-01-01T00:00:00Z: {err}"
+                        ),
                     )
                 })
                 .ok()
@@ -601,8 +628,18 @@ fn validate_limits(c: &mut Collector, raw: &RawConfig) -> Limits {
         },
         max_request_body: size(c, "max_request_body", &l.max_request_body, 10 << 20),
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
-        connect_timeout: dur(c, "connect_timeout", &l.connect_timeout, Duration::from_secs(5)),
-        upstream_timeout: dur(c, "upstream_timeout", &l.upstream_timeout, Duration::from_secs(60)),
+        connect_timeout: dur(
+            c,
+            "connect_timeout",
+            &l.connect_timeout,
+            Duration::from_secs(5),
+        ),
+        upstream_timeout: dur(
+            c,
+            "upstream_timeout",
+            &l.upstream_timeout,
+            Duration::from_secs(60),
+        ),
         idle_timeout: dur(c, "idle_timeout", &l.idle_timeout, Duration::from_secs(60)),
         header_read_timeout: dur(
             c,
@@ -612,7 +649,12 @@ fn validate_limits(c: &mut Collector, raw: &RawConfig) -> Limits {
         ),
         max_connections,
         h2_max_concurrent_streams,
-        shutdown_grace: dur(c, "shutdown_grace", &l.shutdown_grace, Duration::from_secs(30)),
+        shutdown_grace: dur(
+            c,
+            "shutdown_grace",
+            &l.shutdown_grace,
+            Duration::from_secs(30),
+        ),
     }
 }
 
@@ -630,7 +672,12 @@ fn parse_cidr(c: &mut Collector, field: &str, s: &str) -> Option<IpNet> {
     let s = s.trim();
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| c.err(field, format!("{s:?} is not a CIDR like 10.0.0.0/8 or an IP")))
+        .map_err(|_| {
+            c.err(
+                field,
+                format!("{s:?} is not a CIDR like 10.0.0.0/8 or an IP"),
+            )
+        })
         .ok()
 }
 

@@ -8,8 +8,8 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Key, TenantId};
 use crate::config::validate::KeyTable;
+use crate::config::{Key, TenantId};
 use crate::error::{BadRequest, GatewayError};
 
 /// The hex SHA-256 of a token, as written in a key's `sha256:` field.
@@ -33,32 +33,50 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     ok.then_some(token)
 }
 
+/// A refusal, with the key when one was found (its id goes to the log).
+pub struct Refused<'a> {
+    pub error: GatewayError,
+    pub key: Option<&'a Key>,
+}
+
+impl From<GatewayError> for Refused<'_> {
+    fn from(error: GatewayError) -> Self {
+        Refused { error, key: None }
+    }
+}
+
 /// Authenticate against `tenant`. Returns the key's index in the key table.
 pub fn authenticate<'a>(
     keys: &'a KeyTable,
     headers: &HeaderMap,
     tenant: TenantId,
     now: SystemTime,
-) -> Result<(usize, &'a Key), GatewayError> {
+) -> Result<(usize, &'a Key), Refused<'a>> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
-        return Err(GatewayError::MissingKey);
+        return Err(GatewayError::MissingKey.into());
     };
     if values.next().is_some() {
-        return Err(GatewayError::BadRequest(BadRequest::MultipleAuthorization));
+        return Err(GatewayError::BadRequest(BadRequest::MultipleAuthorization).into());
     }
     let token = bearer_token(value.as_bytes()).ok_or(GatewayError::InvalidKey)?;
     let digest: [u8; 32] = Sha256::digest(token).into();
     let idx = *keys.by_hash.get(&digest).ok_or(GatewayError::InvalidKey)?;
     let key = &keys.keys[idx];
+    let refuse = |error| {
+        Err(Refused {
+            error,
+            key: Some(key),
+        })
+    };
     if key.revoked {
-        return Err(GatewayError::RevokedKey);
+        return refuse(GatewayError::RevokedKey);
     }
     if key.expires.is_some_and(|e| e <= now) {
-        return Err(GatewayError::ExpiredKey);
+        return refuse(GatewayError::ExpiredKey);
     }
     if key.tenant != tenant {
-        return Err(GatewayError::WrongTenant);
+        return refuse(GatewayError::WrongTenant);
     }
     Ok((idx, key))
 }
@@ -76,7 +94,12 @@ mod tests {
         for (i, (token, tenant, revoked, expires)) in [
             ("good", 0, false, None),
             ("gone", 0, true, None),
-            ("old", 0, false, Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1))),
+            (
+                "old",
+                0,
+                false,
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1)),
+            ),
             ("other", 1, false, None),
         ]
         .into_iter()
@@ -101,7 +124,7 @@ mod tests {
         }
         authenticate(&table(), &h, 0, SystemTime::now())
             .map(|(_, k)| k.id.to_string())
-            .map_err(|e| e.outcome().as_str().to_string())
+            .map_err(|r| r.error.outcome().as_str().to_string())
     }
 
     #[test]
@@ -115,7 +138,10 @@ mod tests {
         assert_eq!(auth(&["Bearer gone"]), Err("revoked_key".into()));
         assert_eq!(auth(&["Bearer old"]), Err("expired_key".into()));
         assert_eq!(auth(&["Bearer other"]), Err("wrong_tenant".into()));
-        assert_eq!(auth(&["Bearer good", "Bearer good"]), Err("bad_request".into()));
+        assert_eq!(
+            auth(&["Bearer good", "Bearer good"]),
+            Err("bad_request".into())
+        );
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub struct Finish {
 
 impl Finish {
     fn emit(self) {
+        self.gateway.metrics.observe(&self.record);
         if self.log {
             self.gateway.access_log.write(&self.record);
         }
@@ -158,6 +159,7 @@ impl Body for ResponseBody {
                 if let Some(f) = this.finish.as_mut() {
                     f.record.outcome = Outcome::UpstreamError;
                     f.record.error = Some(format!("upstream body: {e}"));
+                    f.record.error_kind = Some("body");
                 }
                 this.done();
                 Poll::Ready(Some(Err(e)))

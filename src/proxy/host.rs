@@ -104,8 +104,14 @@ mod tests {
 
     #[test]
     fn normalises() {
-        assert_eq!(normalize_host("ACME.localhost:8443").as_deref(), Some("acme.localhost"));
-        assert_eq!(normalize_host("crm.acme.test.").as_deref(), Some("crm.acme.test"));
+        assert_eq!(
+            normalize_host("ACME.localhost:8443").as_deref(),
+            Some("acme.localhost")
+        );
+        assert_eq!(
+            normalize_host("crm.acme.test.").as_deref(),
+            Some("crm.acme.test")
+        );
         assert_eq!(normalize_host("[::1]:443").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host("127.0.0.1").as_deref(), Some("127.0.0.1"));
     }

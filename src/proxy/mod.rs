@@ -24,7 +24,7 @@ use ipnet::IpNet;
 use self::body::{Finish, Payload, ResponseBody};
 use self::upstream::{X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::access_log::{AccessRecord, clip};
-use crate::error::{ErrorShape, Outcome};
+use crate::error::{ErrorShape, GatewayError, Outcome};
 use crate::state::Gateway;
 use crate::tls::LoadedCert;
 
@@ -135,6 +135,7 @@ pub async fn handle(
                 .get(http::header::USER_AGENT)
                 .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())).to_string()),
             error: None,
+            error_kind: None,
         },
         request_id,
         rate_headers: None,
@@ -145,6 +146,11 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             ctx.record.outcome = e.outcome();
+            ctx.record.error_kind = match &e {
+                GatewayError::Upstream { kind, .. } => Some(kind.as_str()),
+                GatewayError::UpstreamTimeout => Some("timeout"),
+                _ => None,
+            };
             if ctx.record.error.is_none() {
                 let mut detail = e.to_string();
                 let mut source = std::error::Error::source(&e);
@@ -197,7 +203,10 @@ mod tests {
             HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.0.0.2"),
         );
         let lb: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(lb, &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(lb, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
         let stranger: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(client_ip(stranger, &h, &trusted), stranger);
         assert_eq!(client_ip(lb, &h, &[]), lb);

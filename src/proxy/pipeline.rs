@@ -43,7 +43,10 @@ pub async fn run(
 
     // 3. Tenant from the host, then route from the path: both are cheap map
     //    lookups that need no credentials.
-    let tenant_id = cfg.hosts.lookup(&host.name).ok_or(GatewayError::UnknownHost)?;
+    let tenant_id = cfg
+        .hosts
+        .lookup(&host.name)
+        .ok_or(GatewayError::UnknownHost)?;
     let tenant = &cfg.tenants[tenant_id];
     ctx.record.tenant = Some(tenant.name.clone());
     let (route_idx, route) = cfg
@@ -67,12 +70,15 @@ pub async fn run(
             auth::authenticate(&cfg.keys, &parts.headers, tenant_id, SystemTime::now());
         let (key_idx, key) = match authenticated {
             Ok(found) => found,
-            Err(
-                e @ (GatewayError::InvalidKey
-                | GatewayError::ExpiredKey
-                | GatewayError::RevokedKey),
-            ) => {
-                if let Some(brake) = &snap.brake
+            Err(refused) => {
+                ctx.record.key_id = refused.key.map(|k| k.id.clone());
+                let e = refused.error;
+                // Guesses count toward the brake; a missing key or a valid
+                // key on the wrong tenant does not.
+                if matches!(
+                    e,
+                    GatewayError::InvalidKey | GatewayError::ExpiredKey | GatewayError::RevokedKey
+                ) && let Some(brake) = &snap.brake
                     && let Some(retry_after) = brake.record_failure(ctx.record.client_ip)
                 {
                     ctx.record.error = Some(format!("{e}; client now braked"));
@@ -80,7 +86,6 @@ pub async fn run(
                 }
                 return Err(e);
             }
-            Err(e) => return Err(e),
         };
         ctx.record.key_id = Some(key.id.clone());
         key_id = Some(key.id.clone());
@@ -149,7 +154,10 @@ pub async fn run(
     )?;
     let upstream_req = Request::from_parts(parts, RequestBody::new(body, max_body));
     let started = Instant::now();
-    let sent = gw.upstream.send(upstream_req, cfg.limits.upstream_timeout).await;
+    let sent = gw
+        .upstream
+        .send(upstream_req, cfg.limits.upstream_timeout)
+        .await;
     ctx.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let mut resp = sent?;
     rewrite_response(&mut resp);

@@ -201,7 +201,11 @@ impl AuthBrake {
             if failures.len() >= BRAKE_MAX_TRACKED {
                 // A flood of distinct addresses: memory stays bounded; the
                 // brake forgets old counts rather than growing without end.
-                tracing::warn!(event = "auth_brake_reset", tracked = failures.len(), "auth-failure brake full; forgetting failure counts");
+                tracing::warn!(
+                    event = "auth_brake_reset",
+                    tracked = failures.len(),
+                    "auth-failure brake full; forgetting failure counts"
+                );
                 self.failures
                     .store(std::sync::Arc::new(RateLimiter::dashmap(quota(self.rate))));
             }

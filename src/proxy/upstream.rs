@@ -245,10 +245,7 @@ fn classify(e: hyper_util::client::legacy::Error) -> GatewayError {
 
 /// Join the client's and the upstream's upgraded connections and copy bytes
 /// both ways until either side closes.
-pub fn spawn_tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-) {
+pub fn spawn_tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     tokio::spawn(async move {
         let (client, upstream) = tokio::join!(client, upstream);
         match (client, upstream) {
@@ -277,10 +274,16 @@ mod tests {
     #[test]
     fn connection_cannot_remove_protected_headers() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("X-Forwarded-For, Authorization, Host, x-secret, keep-alive"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("X-Forwarded-For, Authorization, Host, x-secret, keep-alive"),
+        );
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer t"));
         h.insert(HOST, HeaderValue::from_static("acme.localhost"));
-        h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("192.0.2.1"));
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("192.0.2.1"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-authorization", HeaderValue::from_static("x"));

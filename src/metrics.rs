@@ -1,0 +1,246 @@
+//! Prometheus metrics (prometheus-client), served on the admin listener.
+//!
+//! Labels are tenants, routes, outcomes and upstream names from the config —
+//! never anything a client controls (no paths, no hosts, no key material),
+//! so cardinality stays bounded by the config.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::access_log::AccessRecord;
+use crate::error::Outcome;
+
+/// A config-derived label value (tenant, route, upstream); empty when the
+/// request never got that far.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Name(pub Option<Arc<str>>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.0.as_deref().unwrap_or(""))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub tenant: Name,
+    pub route: Name,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: Name,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Histogram,
+    pub auth_failures: Family<OutcomeLabels, Counter>,
+    pub rate_limited: Family<TenantLabels, Counter>,
+    pub upstream_errors: Family<UpstreamLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_generation: Gauge,
+    pub open_connections: Gauge,
+    pub tls_handshakes: Family<ResultLabels, Counter>,
+    pub connections_refused: Counter,
+    pub access_log_dropped: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            requests: Family::default(),
+            // 0.5 ms … ~16 s
+            duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            auth_failures: Family::default(),
+            rate_limited: Family::default(),
+            upstream_errors: Family::default(),
+            config_reloads: Family::default(),
+            config_generation: Gauge::default(),
+            open_connections: Gauge::default(),
+            tls_handshakes: Family::default(),
+            connections_refused: Counter::default(),
+            access_log_dropped: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "gateway_requests",
+            "Requests by tenant, route and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Time from request head to the end of the response body",
+            m.duration.clone(),
+        );
+        registry.register(
+            "gateway_auth_failures",
+            "Refused authentication attempts by outcome",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "gateway_rate_limited",
+            "Requests refused by a key or tenant rate limit",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "gateway_upstream_errors",
+            "Failed upstream exchanges by upstream and kind (connect, reset, timeout, body)",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "gateway_config_reloads",
+            "Config reloads by result (ok, error)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "gateway_config_generation",
+            "Generation of the config snapshot in use (1 at start, +1 per applied reload)",
+            m.config_generation.clone(),
+        );
+        registry.register(
+            "gateway_open_connections",
+            "Client connections currently open",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "gateway_tls_handshakes",
+            "TLS handshakes by result (ok, error, timeout)",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "gateway_connections_refused",
+            "Connections closed at accept because max_connections was reached",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "gateway_access_log_dropped",
+            "Access-log lines dropped because stdout could not keep up",
+            m.access_log_dropped.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Account for one finished request.
+    pub fn observe(&self, r: &AccessRecord) {
+        let status_class = match r.status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: Name(r.tenant.clone()),
+                route: Name(r.route.clone()),
+                status_class,
+            })
+            .inc();
+        self.duration.observe(r.start.elapsed().as_secs_f64());
+        match r.outcome {
+            Outcome::InvalidKey
+            | Outcome::ExpiredKey
+            | Outcome::RevokedKey
+            | Outcome::MissingKey
+            | Outcome::WrongTenant
+            | Outcome::AuthThrottled => {
+                self.auth_failures
+                    .get_or_create(&OutcomeLabels {
+                        outcome: r.outcome.as_str(),
+                    })
+                    .inc();
+            }
+            Outcome::RateLimited => {
+                self.rate_limited
+                    .get_or_create(&TenantLabels {
+                        tenant: Name(r.tenant.clone()),
+                    })
+                    .inc();
+            }
+            Outcome::UpstreamError | Outcome::UpstreamTimeout => {
+                self.upstream_errors
+                    .get_or_create(&UpstreamLabels {
+                        upstream: Name(r.upstream.clone()),
+                        kind: r.error_kind.unwrap_or("other"),
+                    })
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    pub fn handshake(&self, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self, dropped_log_lines: u64) -> String {
+        let seen = self.access_log_dropped.get();
+        if dropped_log_lines > seen {
+            self.access_log_dropped.inc_by(dropped_log_lines - seen);
+        }
+        let mut out = String::with_capacity(4096);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Keeps `gateway_open_connections` right however a connection ends.
+pub struct ConnectionGuard(Gauge);
+
+impl ConnectionGuard {
+    pub fn new(g: &Gauge) -> Self {
+        g.inc();
+        ConnectionGuard(g.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
