@@ -48,7 +48,7 @@ async fn route(
         }
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             gw.metrics.encode(gw.access_log.dropped()),
         ),
         (&Method::POST, "/reload") => match reload(&gw, Trigger::Admin).await {

@@ -124,6 +124,8 @@ pub enum Outcome {
     Misdirected,
     UnknownHost,
     NoRoute,
+    /// The client reset or closed before a response existed (logged as 499).
+    ClientClosed,
     Internal,
 }
 
@@ -145,6 +147,7 @@ impl Outcome {
             Outcome::Misdirected => "misdirected",
             Outcome::UnknownHost => "unknown_host",
             Outcome::NoRoute => "no_route",
+            Outcome::ClientClosed => "client_closed",
             Outcome::Internal => "internal",
         }
     }
@@ -200,6 +203,22 @@ struct GraphQlError<'a> {
 struct Extensions<'a> {
     code: &'static str,
     request_id: &'a str,
+}
+
+/// A REST-shaped error body (also used for errors raised below the service).
+pub fn rest_body(
+    status: u16,
+    code: &'static str,
+    message: &'static str,
+    request_id: &str,
+) -> Vec<u8> {
+    serde_json::to_vec(&RestError {
+        status_code: status,
+        error: code,
+        messages: [message],
+        request_id,
+    })
+    .unwrap_or_default()
 }
 
 const BEARER_CHALLENGE: &str = "Bearer realm=\"twenty-gateway\"";
@@ -299,12 +318,7 @@ impl GatewayError {
         let message = self.public_message();
         let code = self.code();
         let body = match shape {
-            ErrorShape::Rest => serde_json::to_vec(&RestError {
-                status_code: status.as_u16(),
-                error: code,
-                messages: [message],
-                request_id,
-            }),
+            ErrorShape::Rest => Ok(rest_body(status.as_u16(), code, message, request_id)),
             ErrorShape::GraphQl => serde_json::to_vec(&GraphQlErrors {
                 errors: [GraphQlError {
                     message,

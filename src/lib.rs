@@ -27,6 +27,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod cli;
+pub mod codec_errors;
 pub mod config;
 pub mod error;
 pub mod listener;
@@ -38,7 +39,6 @@ pub mod tls;
 use std::future::Future;
 use std::sync::Arc;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -55,14 +55,32 @@ pub async fn serve(
     let tls = TlsAcceptor::from(tls::server_config(gw.snapshot.clone())?);
     let limits = gw.current().config.limits.clone();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let (drain_tx, drain) = tokio::sync::watch::channel(false);
 
-    for (name, l) in [
+    // Live operations first: the SIGHUP handler and the file watch must be
+    // in place before anyone is told we are listening (SIGHUP's default
+    // action would kill the process).
+    let mut background = vec![tokio::spawn(housekeeping(gw.clone()))];
+    if let Some(task) = config::reload::on_sighup(gw.clone()) {
+        background.push(tokio::spawn(task));
+    }
+    if let Some(task) = config::reload::watch_file(gw.clone()) {
+        background.push(tokio::spawn(task));
+    }
+    let addrs = [
         ("https", Some(&bound.https)),
         ("http", bound.http.as_ref()),
         ("admin", bound.admin.as_ref()),
-    ] {
-        if let Some(addr) = l.and_then(|l| l.local_addr().ok()) {
+    ]
+    .map(|(name, l)| (name, l.and_then(|l| l.local_addr().ok())));
+    let admin = bound
+        .admin
+        .map(|l| tokio::spawn(admin::serve_admin(gw.clone(), l)));
+    gw.ready.store(true, std::sync::atomic::Ordering::Release);
+
+    // Accepting already works (the sockets are bound and queue connections).
+    for (name, addr) in addrs {
+        if let Some(addr) = addr {
             tracing::info!(event = "listening", listener = name, addr = %addr, "listening");
         }
     }
@@ -77,27 +95,16 @@ pub async fn serve(
     );
     drop(snap);
 
-    // Live operations: reload triggers and periodic housekeeping.
-    let background = [
-        tokio::spawn(config::reload::on_sighup(gw.clone())),
-        tokio::spawn(config::reload::watch_file(gw.clone())),
-        tokio::spawn(housekeeping(gw.clone())),
-    ];
-    let admin = bound
-        .admin
-        .map(|l| tokio::spawn(admin::serve_admin(gw.clone(), l)));
-    gw.ready.store(true, std::sync::atomic::Ordering::Release);
-
     let https = accept_loop(
         gw.clone(),
         bound.https,
         Some(tls),
         connections.clone(),
-        &graceful,
+        drain.clone(),
     );
     let http = async {
         match bound.http {
-            Some(l) => accept_loop(gw.clone(), l, None, connections.clone(), &graceful).await,
+            Some(l) => accept_loop(gw.clone(), l, None, connections.clone(), drain.clone()).await,
             None => std::future::pending().await,
         }
     };
@@ -106,19 +113,24 @@ pub async fn serve(
         _ = http => {}
         _ = shutdown => {}
     }
+    // The accept loops are gone: only connections hold receivers now.
+    drop(drain);
 
     gw.ready.store(false, std::sync::atomic::Ordering::Release);
     for task in background {
         task.abort();
     }
-    let open = graceful.count();
+    let open = drain_tx.receiver_count();
+    // shutdown_grace may have been changed by a reload since start.
+    let limits = gw.current().config.limits.clone();
     tracing::info!(
         event = "shutdown_started",
         open_connections = open,
         grace_ms = limits.shutdown_grace.as_millis() as u64,
         "shutting down: no longer accepting, draining"
     );
-    match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {
+    let _ = drain_tx.send(true);
+    match tokio::time::timeout(limits.shutdown_grace, drain_tx.closed()).await {
         Ok(()) => tracing::info!(event = "shutdown_complete", "all connections drained"),
         Err(_) => tracing::warn!(
             event = "shutdown_forced",

@@ -11,14 +11,14 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::codec_errors::CodecErrors;
 use crate::config::{Limits, Listen};
 use crate::metrics::ConnectionGuard;
-use crate::proxy::{self, ConnInfo, TlsInfo};
+use crate::proxy::{self, Activity, ConnInfo, TlsInfo};
 use crate::state::Gateway;
 
 /// Sockets bound before anything else runs, so a port clash fails startup.
@@ -76,13 +76,17 @@ fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Tells connections to drain; `closed()` on the sender resolves once every
+/// connection (each holds a receiver) has ended.
+pub type Drain = tokio::sync::watch::Receiver<bool>;
+
 /// Accept on one listener until the future is dropped (shutdown).
 pub async fn accept_loop(
     gw: Arc<Gateway>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     connections: Arc<Semaphore>,
-    graceful: &GracefulShutdown,
+    drain: Drain,
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -106,11 +110,11 @@ pub async fn accept_loop(
             drop(tcp);
             continue;
         };
-        let watcher = graceful.watcher();
         let gw = gw.clone();
         let tls = tls.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
-            serve_connection(gw, tcp, peer, tls, watcher).await;
+            serve_connection(gw, tcp, peer, tls, drain).await;
             drop(permit);
         });
     }
@@ -121,7 +125,7 @@ async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    watcher: Watcher,
+    drain: Drain,
 ) {
     let _ = tcp.set_nodelay(true);
     let _open = ConnectionGuard::new(&gw.metrics.open_connections);
@@ -130,8 +134,13 @@ async fn serve_connection(
     let builder = conn_builder(&limits);
     match tls {
         None => {
-            let info = Arc::new(ConnInfo { peer, tls: None });
-            serve_io(gw, builder, TokioIo::new(tcp), info, watcher).await;
+            let info = Arc::new(ConnInfo {
+                peer,
+                tls: None,
+                activity: Activity::default(),
+            });
+            let io = CodecErrors::new(tcp, gw.clone(), peer);
+            serve_io(gw, &builder, TokioIo::new(io), info, &limits, drain).await;
         }
         Some(acceptor) => {
             let stream = match tokio::time::timeout(
@@ -160,24 +169,60 @@ async fn serve_connection(
             let info = Arc::new(ConnInfo {
                 peer,
                 tls: Some(TlsInfo { sni, cert }),
+                activity: Activity::default(),
             });
-            serve_io(gw, builder, TokioIo::new(stream), info, watcher).await;
+            let io = CodecErrors::new(stream, gw.clone(), peer);
+            serve_io(gw, &builder, TokioIo::new(io), info, &limits, drain).await;
         }
     }
 }
 
+/// Serve HTTP on one connection until it ends. Asked to close gracefully
+/// (idle keep-alive closed, HTTP/2 GOAWAY, in-flight requests finish) when
+/// the gateway drains or when no request has been in flight for
+/// `idle_timeout`.
 async fn serve_io<I>(
     gw: Arc<Gateway>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
     info: Arc<ConnInfo>,
-    watcher: Watcher,
+    limits: &Limits,
+    mut drain: Drain,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| proxy::handle(gw.clone(), info.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    let svc_info = info.clone();
+    let svc = service_fn(move |req| proxy::handle(gw.clone(), svc_info.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    let mut conn = std::pin::pin!(conn);
+    let idle = limits.idle_timeout;
+    let idle_check = tokio::time::sleep(idle);
+    let mut idle_check = std::pin::pin!(idle_check);
+    let mut closing = *drain.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    let result = loop {
+        tokio::select! {
+            res = conn.as_mut() => break res,
+            _ = drain.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut idle_check, if !closing => {
+                match info.activity.idle_since() {
+                    Some(since) if since.elapsed() >= idle => {
+                        tracing::debug!(event = "idle_close", peer = %info.peer, "closing idle connection");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Some(since) => idle_check.as_mut().reset((since + idle).into()),
+                    None => idle_check.as_mut().reset(tokio::time::Instant::now() + idle),
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(event = "connection_error", error = %e, "connection ended with an error");
     }
 }

@@ -91,19 +91,22 @@ pub async fn reload(gw: &Gateway, trigger: Trigger) -> Result<Arc<Snapshot>, Con
     Ok(snapshot)
 }
 
-/// Reload on every SIGHUP.
-pub async fn on_sighup(gw: Arc<Gateway>) {
+/// Reload on every SIGHUP. The handler is installed before this returns
+/// (SIGHUP's default action is to terminate), the loop runs in the future.
+pub fn on_sighup(gw: Arc<Gateway>) -> Option<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGHUP; reload via the admin listener");
-            return;
+            return None;
         }
     };
-    while hup.recv().await.is_some() {
-        let _ = reload(&gw, Trigger::Signal).await;
-    }
+    Some(async move {
+        while hup.recv().await.is_some() {
+            let _ = reload(&gw, Trigger::Signal).await;
+        }
+    })
 }
 
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -116,11 +119,10 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
 /// directory is watched, so editors that save by writing a new file and
 /// renaming it over the old one (vim, `sed -i`) are seen too. Events are
 /// debounced, and a write that leaves the content unchanged is ignored.
-pub async fn watch_file(gw: Arc<Gateway>) {
+/// The watch is in place when this returns; the reload loop is the future.
+pub fn watch_file(gw: Arc<Gateway>) -> Option<impl Future<Output = ()> + Send + 'static> {
     let path: PathBuf = gw.config_path.clone();
-    let Some(name) = path.file_name().map(|n| n.to_os_string()) else {
-        return;
-    };
+    let name = path.file_name().map(|n| n.to_os_string())?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -138,36 +140,38 @@ pub async fn watch_file(gw: Arc<Gateway>) {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(event = "watch_failed", error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
-            return;
+            return None;
         }
     };
     if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
         tracing::warn!(event = "watch_failed", error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP or POST /reload");
-        return;
+        return None;
     }
     let mut last = digest(&path);
-    while rx.recv().await.is_some() {
-        // Debounce: wait until the burst of events from one save is over.
-        loop {
-            match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                Ok(Some(())) => continue,
-                Ok(None) => return,
-                Err(_) => break,
+    Some(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until the burst of events from one save is over.
+            loop {
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
             }
+            let now = {
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || digest(&p))
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            if now.is_none() || now == last {
+                // Deleted mid-rename, or touched without a change.
+                continue;
+            }
+            last = now;
+            let _ = reload(&gw, Trigger::FileWatch).await;
         }
-        let now = {
-            let p = path.clone();
-            tokio::task::spawn_blocking(move || digest(&p))
-                .await
-                .ok()
-                .flatten()
-        };
-        if now.is_none() || now == last {
-            // Deleted mid-rename, or touched without a change.
-            continue;
-        }
-        last = now;
-        let _ = reload(&gw, Trigger::FileWatch).await;
-    }
-    drop(watcher);
+        drop(watcher);
+    })
 }

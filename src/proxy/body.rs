@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::ConnInfo;
 use crate::access_log::AccessRecord;
 use crate::error::{BoxError, Outcome};
 use crate::state::Gateway;
@@ -86,19 +87,44 @@ impl Payload {
     }
 }
 
-/// Writes the access line (and later, metrics) once the response is over.
+/// The logging phase: created when a request starts, it writes the access
+/// line and the metrics exactly once, when dropped — after the response body
+/// ended, failed or was abandoned, or when the request itself was cancelled
+/// (client reset or disconnect before a response existed).
 pub struct Finish {
     pub record: AccessRecord,
     pub gateway: Arc<Gateway>,
     pub log: bool,
+    pub in_flight: InFlight,
 }
 
-impl Finish {
-    fn emit(self) {
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if self.record.status == 0 {
+            // No response was ever produced: the client went away first.
+            self.record.status = 499;
+            self.record.outcome = Outcome::ClientClosed;
+        }
         self.gateway.metrics.observe(&self.record);
         if self.log {
             self.gateway.access_log.write(&self.record);
         }
+    }
+}
+
+/// Counts a request as in flight on its connection (for `idle_timeout`).
+pub struct InFlight(Arc<ConnInfo>);
+
+impl InFlight {
+    pub fn new(conn: Arc<ConnInfo>) -> Self {
+        conn.activity.started();
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.activity.finished();
     }
 }
 
@@ -109,10 +135,10 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn new(payload: Payload, finish: Finish) -> Self {
+    pub fn new(payload: Payload, finish: Box<Finish>) -> Self {
         ResponseBody {
             payload,
-            finish: Some(Box::new(finish)),
+            finish: Some(finish),
         }
     }
 
@@ -122,16 +148,9 @@ impl ResponseBody {
         }
     }
 
+    /// The response is over: log now rather than when hyper drops the body.
     fn done(&mut self) {
-        if let Some(f) = self.finish.take() {
-            f.emit();
-        }
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        self.done();
+        self.finish.take();
     }
 }
 

@@ -15,13 +15,14 @@ pub mod upstream;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
-use self::body::{Finish, Payload, ResponseBody};
+use self::body::{Finish, InFlight, Payload, ResponseBody};
 use self::upstream::{X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::access_log::{AccessRecord, clip};
 use crate::error::{ErrorShape, GatewayError, Outcome};
@@ -36,6 +37,50 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: Option<TlsInfo>,
+    pub activity: Activity,
+}
+
+/// Requests in flight on a connection and when that last changed, so the
+/// connection can be closed after `idle_timeout` with nothing to do.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` of the last start or finish.
+    last_change_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_change_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_change_ms.store(ms, Ordering::Relaxed);
+    }
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+    pub fn finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+    /// When the connection became idle, or `None` while requests are in flight.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let ms = self.last_change_ms.load(Ordering::Relaxed);
+        Some(self.opened + std::time::Duration::from_millis(ms))
+    }
 }
 
 #[derive(Debug)]
@@ -45,9 +90,10 @@ pub struct TlsInfo {
     pub cert: Option<Arc<LoadedCert>>,
 }
 
-/// Per-request state filled in by the pipeline.
+/// Per-request state filled in by the pipeline. Its `finish` logs the
+/// request when dropped, whichever way the request ends.
 pub struct Ctx {
-    pub record: AccessRecord,
+    pub finish: Box<Finish>,
     pub request_id: HeaderValue,
     pub rate_headers: Option<(HeaderValue, HeaderValue)>,
 }
@@ -114,29 +160,34 @@ pub async fn handle(
         .unwrap_or_else(new_request_id);
     let shape = ErrorShape::for_path(req.uri().path());
     let mut ctx = Ctx {
-        record: AccessRecord {
-            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-            client_ip: client_ip(conn.peer.ip(), req.headers(), &snap.config.trusted_proxies),
-            method: req.method().clone(),
-            host: None,
-            path: req.uri().path().to_string(),
-            route: None,
-            tenant: None,
-            key_id: None,
-            status: 0,
-            outcome: Outcome::Ok,
-            upstream: None,
-            start,
-            upstream_ms: None,
-            bytes_out: 0,
-            protocol: protocol(req.version()),
-            user_agent: req
-                .headers()
-                .get(http::header::USER_AGENT)
-                .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())).to_string()),
-            error: None,
-            error_kind: None,
-        },
+        finish: Box::new(Finish {
+            gateway: gw.clone(),
+            log: snap.config.access_log,
+            in_flight: InFlight::new(conn.clone()),
+            record: AccessRecord {
+                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                client_ip: client_ip(conn.peer.ip(), req.headers(), &snap.config.trusted_proxies),
+                method: req.method().clone(),
+                host: None,
+                path: req.uri().path().to_string(),
+                route: None,
+                tenant: None,
+                key_id: None,
+                status: 0,
+                outcome: Outcome::Ok,
+                upstream: None,
+                start,
+                upstream_ms: None,
+                bytes_out: 0,
+                protocol: protocol(req.version()),
+                user_agent: req
+                    .headers()
+                    .get(http::header::USER_AGENT)
+                    .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())).to_string()),
+                error: None,
+                error_kind: None,
+            },
+        }),
         request_id,
         rate_headers: None,
     };
@@ -145,13 +196,13 @@ pub async fn handle(
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            ctx.record.outcome = e.outcome();
-            ctx.record.error_kind = match &e {
+            ctx.finish.record.outcome = e.outcome();
+            ctx.finish.record.error_kind = match &e {
                 GatewayError::Upstream { kind, .. } => Some(kind.as_str()),
                 GatewayError::UpstreamTimeout => Some("timeout"),
                 _ => None,
             };
-            if ctx.record.error.is_none() {
+            if ctx.finish.record.error.is_none() {
                 let mut detail = e.to_string();
                 let mut source = std::error::Error::source(&e);
                 while let Some(s) = source {
@@ -159,24 +210,20 @@ pub async fn handle(
                     detail.push_str(&s.to_string());
                     source = s.source();
                 }
-                ctx.record.error = Some(detail);
+                ctx.finish.record.error = Some(detail);
             }
-            e.to_response(shape, &ctx.record.request_id)
+            e.to_response(shape, &ctx.finish.record.request_id)
                 .map(Payload::full)
         }
     };
-    ctx.record.status = resp.status().as_u16();
+    ctx.finish.record.status = resp.status().as_u16();
     let headers = resp.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id);
     if let Some((policy, state)) = ctx.rate_headers {
         headers.insert(RATELIMIT_POLICY.clone(), policy);
         headers.insert(RATELIMIT.clone(), state);
     }
-    let finish = Finish {
-        record: ctx.record,
-        gateway: gw.clone(),
-        log: snap.config.access_log,
-    };
+    let finish = ctx.finish;
     Ok(resp.map(|payload| ResponseBody::new(payload, finish)))
 }
 

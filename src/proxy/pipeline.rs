@@ -28,12 +28,19 @@ pub async fn run(
     //    could read differently (dot segments, encoded slashes, ...).
     target::check_path(req.uri().path()).map_err(GatewayError::BadRequest)?;
 
+    // 1b. Framing hyper accepts but we won't forward: any transfer coding
+    //     other than plain `chunked` (hyper decodes only the chunking, so
+    //     `gzip, chunked` would reach Twenty as bytes with no coding).
+    if req.headers().contains_key(http::header::TRANSFER_ENCODING) && !only_chunked(req.headers()) {
+        return Err(GatewayError::BadRequest(BadRequest::Framing));
+    }
+
     // 2. The host, malformed → 400; then 421 before the tenant lookup: a
     //    connection whose certificate does not cover this host must not be
     //    used for it, whether or not we know the host.
     let (mut parts, body) = req.into_parts();
     let host = host::request_host(&parts).map_err(GatewayError::BadRequest)?;
-    ctx.record.host = Some(host.name.clone());
+    ctx.finish.record.host = Some(host.name.clone());
     if let Some(tls) = &conn.tls
         && tls.sni.is_some()
         && tls.cert.as_ref().is_some_and(|c| !c.covers(&host.name))
@@ -48,21 +55,21 @@ pub async fn run(
         .lookup(&host.name)
         .ok_or(GatewayError::UnknownHost)?;
     let tenant = &cfg.tenants[tenant_id];
-    ctx.record.tenant = Some(tenant.name.clone());
+    ctx.finish.record.tenant = Some(tenant.name.clone());
     let (route_idx, route) = cfg
         .routes
         .lookup(parts.uri.path())
         .ok_or(GatewayError::NoRoute)?;
-    ctx.record.route = Some(route.prefix.clone());
+    ctx.finish.record.route = Some(route.prefix.clone());
     let upstream = &tenant.route_upstreams[route_idx];
-    ctx.record.upstream = Some(upstream.name.clone());
+    ctx.finish.record.upstream = Some(upstream.name.clone());
 
     // 4. Authentication, on routes that want it. The brake comes first: a
     //    braked client is refused before we spend a hash on its guess.
     let mut key_id = None;
     if route.auth {
         if let Some(brake) = &snap.brake
-            && let Some(retry_after) = brake.blocked_for(ctx.record.client_ip)
+            && let Some(retry_after) = brake.blocked_for(ctx.finish.record.client_ip)
         {
             return Err(GatewayError::AuthThrottled { retry_after });
         }
@@ -71,7 +78,7 @@ pub async fn run(
         let (key_idx, key) = match authenticated {
             Ok(found) => found,
             Err(refused) => {
-                ctx.record.key_id = refused.key.map(|k| k.id.clone());
+                ctx.finish.record.key_id = refused.key.map(|k| k.id.clone());
                 let e = refused.error;
                 // Guesses count toward the brake; a missing key or a valid
                 // key on the wrong tenant does not.
@@ -79,15 +86,15 @@ pub async fn run(
                     e,
                     GatewayError::InvalidKey | GatewayError::ExpiredKey | GatewayError::RevokedKey
                 ) && let Some(brake) = &snap.brake
-                    && let Some(retry_after) = brake.record_failure(ctx.record.client_ip)
+                    && let Some(retry_after) = brake.record_failure(ctx.finish.record.client_ip)
                 {
-                    ctx.record.error = Some(format!("{e}; client now braked"));
+                    ctx.finish.record.error = Some(format!("{e}; client now braked"));
                     return Err(GatewayError::AuthThrottled { retry_after });
                 }
                 return Err(e);
             }
         };
-        ctx.record.key_id = Some(key.id.clone());
+        ctx.finish.record.key_id = Some(key.id.clone());
         key_id = Some(key.id.clone());
 
         // 5. Rate limits: the key's own, then the tenant's shared one. Only
@@ -142,7 +149,7 @@ pub async fn run(
         &mut parts,
         upstream,
         &Forwarding {
-            client_ip: ctx.record.client_ip,
+            client_ip: ctx.finish.record.client_ip,
             proto: if conn.tls.is_some() { "https" } else { "http" },
             host: &host.raw,
             request_id: &ctx.request_id,
@@ -158,7 +165,7 @@ pub async fn run(
         .upstream
         .send(upstream_req, cfg.limits.upstream_timeout)
         .await;
-    ctx.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    ctx.finish.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let mut resp = sent?;
     rewrite_response(&mut resp);
     if websocket && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -175,4 +182,17 @@ pub async fn run(
         return Ok(resp.map(|_| Payload::empty()));
     }
     Ok(resp.map(Payload::Stream))
+}
+
+fn only_chunked(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| c.trim_ascii())
+        .filter(|c| !c.is_empty());
+    matches!(
+        (codings.next(), codings.next()),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked")
+    )
 }
