@@ -159,16 +159,22 @@ impl AccessRecord {
     }
 }
 
+enum Msg {
+    Line(Vec<u8>),
+    /// Everything queued before this is written and flushed; then ack.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 /// The access-log sink shared by all requests.
 pub struct AccessLog {
     format: LogFormat,
-    tx: SyncSender<Vec<u8>>,
+    tx: SyncSender<Msg>,
     dropped: AtomicU64,
 }
 
 impl AccessLog {
     pub fn stdout(format: LogFormat) -> Self {
-        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
+        let (tx, rx) = sync_channel::<Msg>(QUEUE);
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || writer(rx));
@@ -183,12 +189,22 @@ impl AccessLog {
     }
 
     pub fn write(&self, record: &AccessRecord) {
-        match self.tx.try_send(record.to_line(self.format)) {
+        match self.tx.try_send(Msg::Line(record.to_line(self.format))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Wait (up to `timeout`) until every line queued so far is on stdout;
+    /// called before the process exits so drained requests keep their lines.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        if self.tx.send(Msg::Flush(ack_tx)).is_err() {
+            return false;
+        }
+        ack_rx.recv_timeout(timeout).is_ok()
     }
 
     /// Lines dropped because stdout could not keep up.
@@ -197,15 +213,26 @@ impl AccessLog {
     }
 }
 
-fn writer(rx: Receiver<Vec<u8>>) {
+fn writer(rx: Receiver<Msg>) {
     let stdout = std::io::stdout();
     while let Ok(first) = rx.recv() {
         let mut out = stdout.lock();
-        let _ = out.write_all(&first);
+        let mut acks = Vec::new();
+        let mut msg = Some(first);
         // Drain what queued up meanwhile in the same lock, then flush once.
-        while let Ok(line) = rx.try_recv() {
-            let _ = out.write_all(&line);
+        while let Some(m) = msg {
+            match m {
+                Msg::Line(line) => {
+                    let _ = out.write_all(&line);
+                }
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            msg = rx.try_recv().ok();
         }
         let _ = out.flush();
+        drop(out);
+        for ack in acks {
+            let _ = ack.send(());
+        }
     }
 }

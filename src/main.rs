@@ -147,7 +147,10 @@ fn run(cli: &Cli) -> ExitCode {
             }
         };
         let gw = Gateway::new(config, AccessLog::stdout(cli.log_format));
-        match serve(gw, bound, shutdown_signal()).await {
+        let served = serve(gw.clone(), bound, shutdown_signal()).await;
+        // Requests drained at shutdown keep their access lines.
+        gw.access_log.flush(std::time::Duration::from_secs(5));
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cannot start TLS: {e}");

@@ -46,10 +46,18 @@ fn collect(r: impl std::io::Read + Send + 'static) -> Arc<watch::Sender<Out>> {
     let tx = Arc::new(watch::channel(Out::default()).0);
     let t = tx.clone();
     std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            match line {
-                Ok(l) => t.send_modify(|o| o.lines.push(l)),
-                Err(_) => break,
+        let mut r = BufReader::new(r);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let l = String::from_utf8_lossy(&line)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    t.send_modify(|o| o.lines.push(l));
+                }
             }
         }
         t.send_modify(|o| o.eof = true);
@@ -377,36 +385,24 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
 }
 
 /// SPEC: one access line per request. Requests that complete during the drain must not lose
-/// theirs when the process exits right after (the lines are written by a separate thread).
-/// Many requests finishing at once make the window wide enough to see reliably.
+/// theirs when the process exits right after: the lines are written by a separate thread, and
+/// an HTTP/1.1 connection closes (ending the drain) right after its last response, so the
+/// window between "line queued" and "process gone" is short. Many connections finishing at
+/// once make it likely to be hit.
 #[tokio::test]
 async fn requests_drained_at_shutdown_keep_their_access_lines() {
-    const N: usize = 60;
+    const N: usize = 30;
     let up = spawn_upstream("core").await;
     let gw = Proc::spawn(GatewaySetup::new(), &conf(&up, "10s")).await;
-    let (client, _closed) = watched_conn(gw.https, "acme.gw.test", true).await;
-    let Client::H2(sender) = client else {
-        unreachable!()
-    };
-    let auth = bearer(TOKEN_ACME);
     let mut tasks = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..N {
         let id = rid();
-        let req = Request::get("https://acme.gw.test/rest/_hang")
-            .version(http::Version::HTTP_2)
-            .header("authorization", &auth)
-            .header("x-request-id", &id)
-            .body(empty())
-            .unwrap();
-        let mut s = sender.clone();
-        tasks.push(tokio::spawn(async move {
-            s.ready().await.unwrap();
-            let resp = s.send_request(req).await.unwrap();
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, body)
-        }));
+        tasks.push(in_flight(
+            Conn::h1(gw.https, "acme.gw.test").await,
+            "/rest/_hang",
+            id.clone(),
+        ));
         ids.push(id);
     }
     up.wait_for(&format!("{N} requests"), |v| v.len() >= N)
@@ -417,9 +413,9 @@ async fn requests_drained_at_shutdown_keep_their_access_lines() {
     gw.event_named(start, "shutdown_started").await;
     up.gates().hang.add_permits(N);
     for t in tasks {
-        let (status, body) = within("a drained request", t).await.unwrap();
-        assert_eq!(status, 200);
-        assert_eq!(&body[..], b"late");
+        let r = within("a drained request", t).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "late");
     }
     let st = gw.wait_exit(TIMEOUT).await;
     assert_eq!(st.code(), Some(0), "exit status {st:?}\n{}", gw.output());
@@ -511,12 +507,10 @@ async fn sigterm_with_a_stuck_request_is_forced_after_the_grace_and_exits_0() {
         let r = c.send_result(req).await;
         r.map(|resp| resp.status().as_u16())
     });
-    let id_seen = up
-        .wait_for("the stuck request", |v| {
-            v.iter().any(|r| r.path() == "/rest/_hang")
-        })
-        .await;
-    assert_eq!(id_seen.len(), 1);
+    up.wait_for("the stuck request", |v| {
+        v.iter().any(|r| r.path() == "/rest/_hang")
+    })
+    .await;
 
     let start = gw.lines();
     let t0 = Instant::now();
