@@ -38,6 +38,7 @@ pub fn normalize_host(raw: &str) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
         || name.starts_with('.')
+        || name.ends_with('.')
         || name.contains("..")
     {
         return None;
@@ -125,6 +126,7 @@ mod tests {
             "acme.localhost:99999",
             "acme.localhost:80:80",
             "acme..localhost",
+            "a..",
             ".acme",
             "acme localhost",
             "[::1",
