@@ -213,24 +213,45 @@ impl AccessLog {
     }
 }
 
+/// How long the writer lets lines gather after the first one wakes it: one
+/// wake-up and one `write` per window instead of one per request.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+/// Write out early when a batch grows this large.
+const BATCH_MAX: usize = 1 << 20;
+
 fn writer(rx: Receiver<Msg>) {
     let stdout = std::io::stdout();
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let write_out = |batch: &mut Vec<u8>| {
+        if !batch.is_empty() {
+            // stdout is line-buffered: a batch ending in '\n' goes out in one write.
+            let mut out = stdout.lock();
+            let _ = out.write_all(batch);
+            let _ = out.flush();
+            batch.clear();
+        }
+    };
     while let Ok(first) = rx.recv() {
-        let mut out = stdout.lock();
         let mut acks = Vec::new();
-        let mut msg = Some(first);
-        // Drain what queued up meanwhile in the same lock, then flush once.
-        while let Some(m) = msg {
-            match m {
+        let mut next = Some(first);
+        // While we sleep, senders enqueue without waking anyone.
+        std::thread::sleep(BATCH_WINDOW);
+        while let Some(msg) = next {
+            match msg {
                 Msg::Line(line) => {
-                    let _ = out.write_all(&line);
+                    batch.extend_from_slice(&line);
+                    if batch.len() >= BATCH_MAX {
+                        write_out(&mut batch);
+                    }
                 }
                 Msg::Flush(ack) => acks.push(ack),
             }
-            msg = rx.try_recv().ok();
+            next = rx.try_recv().ok();
         }
-        let _ = out.flush();
-        drop(out);
+        write_out(&mut batch);
+        if batch.capacity() > 4 * BATCH_MAX {
+            batch = Vec::with_capacity(64 * 1024);
+        }
         for ack in acks {
             let _ = ack.send(());
         }
