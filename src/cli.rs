@@ -26,8 +26,9 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
 
-    /// Runtime worker threads (default: the CPUs this process may run on).
-    #[arg(long)]
+    /// Runtime worker threads (default: the CPUs this process may run on;
+    /// 1 runs everything on one thread with a current-thread runtime).
+    #[arg(long, env = "GATEWAY_WORKERS")]
     pub workers: Option<usize>,
 
     #[command(subcommand)]

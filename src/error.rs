@@ -39,8 +39,10 @@ pub enum BadRequest {
     BadHost,
     #[error("more than one Authorization header")]
     MultipleAuthorization,
-    #[error("malformed request framing")]
+    #[error("malformed request framing or body")]
     Framing,
+    #[error("method not supported by the gateway")]
+    Method,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +296,7 @@ impl GatewayError {
             GatewayError::BadRequest(BadRequest::MissingHost) => "Missing Host header",
             GatewayError::BadRequest(BadRequest::BadHost) => "Invalid Host header",
             GatewayError::BadRequest(BadRequest::Framing) => "Malformed request",
+            GatewayError::BadRequest(BadRequest::Method) => "Method not supported",
             GatewayError::BadRequest(_) => "Invalid request path",
             GatewayError::Misdirected => "This host is not served on this connection",
             GatewayError::UnknownHost => "Unknown host",

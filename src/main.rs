@@ -127,11 +127,16 @@ fn run(cli: &Cli) -> ExitCode {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime drives I/O and tasks on one
+    // thread with no work-stealing or cross-thread wake-ups.
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -308,8 +308,14 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
     let mut tenant_ids: HashMap<String, TenantId> = HashMap::new();
     for (i, rt) in raw.tenants.iter().enumerate() {
         let p = format!("tenants[{i}]");
-        if rt.name.is_empty() {
-            c.err(format!("{p}.name"), "must not be empty");
+        if !header_safe(&rt.name) {
+            c.err(
+                format!("{p}.name"),
+                format!(
+                    "{:?} must be 1-128 visible ASCII characters (it is sent in X-Gateway-Tenant)",
+                    rt.name
+                ),
+            );
         }
         if tenant_ids.contains_key(&rt.name) {
             c.err(
@@ -504,8 +510,14 @@ fn validate_keys(
     let mut ids: HashMap<&str, usize> = HashMap::with_capacity(raw.len());
     for (i, rk) in raw.iter().enumerate() {
         let p = format!("keys[{i}]");
-        if rk.id.is_empty() {
-            c.err(format!("{p}.id"), "must not be empty");
+        if !header_safe(&rk.id) {
+            c.err(
+                format!("{p}.id"),
+                format!(
+                    "{:?} must be 1-128 visible ASCII characters (it is sent in X-Gateway-Key-Id)",
+                    rk.id
+                ),
+            );
         } else if let Some(first) = ids.insert(rk.id.as_str(), i) {
             c.err(
                 format!("{p}.id"),
@@ -564,6 +576,11 @@ fn validate_keys(
         });
     }
     table
+}
+
+/// Names that travel in headers and log fields: 1-128 visible ASCII.
+fn header_safe(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 fn parse_sha256(s: &str) -> Option<[u8; 32]> {
@@ -681,8 +698,19 @@ fn parse_cidr(c: &mut Collector, field: &str, s: &str) -> Option<IpNet> {
         .ok()
 }
 
+/// Longest accepted duration: beyond it, deadline arithmetic (now + d)
+/// can overflow, and no timeout or rate window needs more.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn parse_duration(c: &mut Collector, field: &str, s: &str) -> Option<Duration> {
     match humantime::parse_duration(s.trim()) {
+        Ok(d) if d > MAX_DURATION => {
+            c.err(
+                field,
+                format!("{s:?} is longer than the maximum of 366 days"),
+            );
+            None
+        }
         Ok(d) if !d.is_zero() => Some(d),
         Ok(_) => {
             c.err(field, "must be longer than zero");

@@ -23,6 +23,12 @@ use crate::state::Gateway;
 #[error("request body exceeds max_request_body")]
 pub struct BodyTooLarge;
 
+/// The client's body broke off or was malformed (bad chunk framing): the
+/// client's fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// The client's request body on its way upstream, cut off past the limit.
 pub struct RequestBody {
     inner: Incoming,
@@ -57,7 +63,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
             None => Poll::Ready(None),
         }
     }

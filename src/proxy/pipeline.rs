@@ -27,6 +27,12 @@ pub async fn run(
     // 1. The target first: nothing below may look at a path an upstream
     //    could read differently (dot segments, encoded slashes, ...).
     target::check_path(req.uri().path()).map_err(GatewayError::BadRequest)?;
+    // CONNECT asks for a tunnel to an authority, not a resource under a
+    // route; forwarding it would hand Twenty something other than the path
+    // that was authorised.
+    if req.method() == http::Method::CONNECT {
+        return Err(GatewayError::BadRequest(BadRequest::Method));
+    }
 
     // 1b. Framing hyper accepts but we won't forward: any transfer coding
     //     other than plain `chunked` (hyper decodes only the chunking, so

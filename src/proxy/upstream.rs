@@ -16,9 +16,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::body::{BodyTooLarge, RequestBody};
+use super::body::{BodyTooLarge, ClientBodyError, RequestBody};
 use crate::config::{Limits, Upstream};
-use crate::error::{GatewayError, UpstreamFailure};
+use crate::error::{BadRequest, GatewayError, UpstreamFailure};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -229,6 +229,9 @@ fn classify(e: hyper_util::client::legacy::Error) -> GatewayError {
     while let Some(s) = source {
         if s.is::<BodyTooLarge>() {
             return GatewayError::PayloadTooLarge;
+        }
+        if s.is::<ClientBodyError>() {
+            return GatewayError::BadRequest(BadRequest::Framing);
         }
         source = s.source();
     }

@@ -1835,3 +1835,47 @@ pub fn parse_sf_list(s: &str) -> HashMap<String, HashMap<String, String>> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// helpers added for the hostile-input suites (tests/hostile*.rs, tests/websocket.rs)
+// ---------------------------------------------------------------------------------------------
+
+impl RawConn {
+    /// Like [`RawConn::write`], but a peer that already closed (it answered and hung up
+    /// before reading everything) is not a test failure.
+    pub async fn write_result(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// Wrap an already connected stream (e.g. a TLS stream with custom options).
+    pub fn from_io(io: impl Io + 'static) -> RawConn {
+        RawConn {
+            io: Box::new(io),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Read whatever arrives within `wait` (at most `max` bytes); `Ok(0)` on EOF.
+    pub async fn read_some(&mut self, wait: Duration) -> std::io::Result<Vec<u8>> {
+        if !self.buf.is_empty() {
+            return Ok(std::mem::take(&mut self.buf));
+        }
+        let mut tmp = vec![0u8; 65536];
+        match tokio::time::timeout(wait, self.io.read(&mut tmp)).await {
+            Ok(Ok(n)) => {
+                tmp.truncate(n);
+                Ok(tmp)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+impl Gateway {
+    /// The gateway's process id (for /proc inspection).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}

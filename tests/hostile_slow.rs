@@ -1,0 +1,365 @@
+//! Slow and greedy clients: slowloris (header bytes trickled), slow TLS handshakes, the
+//! connection cap, and idle connections — each while other clients keep being served.
+//!
+//! Timing assertions use generous windows around the configured 1 s timeouts (the machine has
+//! two cores shared with the test process); each test fails if the protection is missing,
+//! because the hostile connection would then stay open for the whole observation window.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// How long a connection that should be cut after 1 s may take at most.
+const CUT_BY: Duration = Duration::from_secs(4);
+
+async fn served(gw: &Gateway, up: &Upstream, what: &str) {
+    let id = rid();
+    let mut c = gw.h1("acme.gw.test").await;
+    let t = Instant::now();
+    let r = c
+        .get(
+            "/rest/meanwhile",
+            &[
+                ("authorization", &bearer(TOKEN_ACME)),
+                ("x-request-id", &id),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{what}: another client is served");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "{what}: the other client waited {:?}",
+        t.elapsed()
+    );
+    up.request_with_id(&id).await;
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    gw.admin_conn().await.get("/metrics", &[]).await.text()
+}
+
+fn metric(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Trickle `bytes` one byte per `every` until the peer closes; the time it took, or `None` if
+/// all bytes were sent and the connection was still open `CUT_BY` after the start.
+async fn trickle_until_closed(c: &mut RawConn, bytes: &[u8], every: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    for b in bytes {
+        if c.write_result(&[*b]).await.is_err() {
+            return Some(t.elapsed());
+        }
+        match c.read_some(every).await {
+            Ok(v) if v.is_empty() => return Some(t.elapsed()),
+            Err(e) if e.kind() != std::io::ErrorKind::TimedOut => return Some(t.elapsed()),
+            // a response (e.g. 408) before the close is fine; keep going until EOF
+            _ => {}
+        }
+        if t.elapsed() > CUT_BY {
+            return None;
+        }
+    }
+    None
+}
+
+/// Slowloris: a request head trickled one byte per 200 ms, with `header_read_timeout: 1s`.
+/// The connection is closed about a second in (over TLS and over `listen.http`), a second
+/// slow client likewise, while fresh clients are served meanwhile; nothing goes upstream.
+#[tokio::test]
+async fn slowloris_head_is_cut_after_header_read_timeout_while_others_are_served() {
+    let up = spawn_upstream("core").await;
+    let gw = Conf::one(&up)
+        .with_http()
+        .limit("header_read_timeout: 1s")
+        .limit("idle_timeout: 30s")
+        .spawn()
+        .await;
+    let head = format!(
+        "GET /rest/slowloris HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(200)
+    );
+    for via in ["tls", "plain"] {
+        let mut slow = match via {
+            "tls" => RawConn::tls(gw.https(), Some("acme.gw.test")).await,
+            _ => RawConn::plain(gw.http()).await,
+        };
+        let head = head.clone();
+        let trickler = tokio::spawn(async move {
+            trickle_until_closed(&mut slow, head.as_bytes(), Duration::from_millis(200)).await
+        });
+        // served meanwhile
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        served(&gw, &up, via).await;
+        let took = trickler.await.unwrap();
+        let took = took.unwrap_or_else(|| {
+            panic!(
+                "{via}: slowloris connection still open after {CUT_BY:?} (header_read_timeout 1s)"
+            )
+        });
+        assert!(
+            took >= Duration::from_millis(800),
+            "{via}: closed after {took:?}, before header_read_timeout"
+        );
+    }
+    // A slowloris *second* request on a keep-alive connection is cut just the same.
+    let mut c = RawConn::tls(gw.https(), Some("acme.gw.test")).await;
+    c.write(
+        format!("GET /rest/first HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(c.read_response().await.status, 200);
+    let took = trickle_until_closed(&mut c, head.as_bytes(), Duration::from_millis(200)).await;
+    assert!(
+        took.is_some(),
+        "keep-alive slowloris still open after {CUT_BY:?}"
+    );
+    assert!(
+        up.requests().iter().all(|r| r.path() != "/rest/slowloris"),
+        "a trickled head reached the upstream"
+    );
+}
+
+/// Slow TLS handshake: TCP connect and send nothing, or half a ClientHello. Closed after
+/// `header_read_timeout` (1 s), counted as a handshake timeout; TLS clients served meanwhile.
+#[tokio::test]
+async fn slow_tls_handshake_is_cut_after_header_read_timeout() {
+    let up = spawn_upstream("core").await;
+    let gw = Conf::one(&up)
+        .with_admin()
+        .limit("header_read_timeout: 1s")
+        .limit("idle_timeout: 30s")
+        .spawn()
+        .await;
+    let before = metric(
+        &metrics(&gw).await,
+        "gateway_tls_handshakes_total{result=\"timeout\"}",
+    );
+    let silent = TcpStream::connect(gw.https()).await.unwrap();
+    let mut partial = TcpStream::connect(gw.https()).await.unwrap();
+    // a TLS record header announcing 512 bytes of handshake, then 10 of them
+    partial
+        .write_all(&[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0, 0, 0, 0,
+        ])
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut silent = RawConn::from_io(silent);
+    let mut partial = RawConn::from_io(partial);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    served(&gw, &up, "during slow handshakes").await;
+    for (what, c) in [
+        ("silent", &mut silent),
+        ("half a ClientHello", &mut partial),
+    ] {
+        let res = c.read_some(CUT_BY).await;
+        let eof = matches!(&res, Ok(v) if v.is_empty())
+            || matches!(&res, Err(e) if e.kind() != std::io::ErrorKind::TimedOut);
+        assert!(
+            eof,
+            "{what}: connection not closed within {CUT_BY:?} (got {res:?})"
+        );
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(800),
+            "{what}: closed after {took:?}, before header_read_timeout"
+        );
+    }
+    let after = metric(
+        &metrics(&gw).await,
+        "gateway_tls_handshakes_total{result=\"timeout\"}",
+    );
+    assert!(
+        after >= before + 2.0,
+        "handshake timeouts counted: {before} → {after}"
+    );
+}
+
+/// `max_connections: 3`: hold three connections; a fourth is closed at once (TLS and plain),
+/// the three keep working, and once one closes a new connection is accepted.
+#[tokio::test]
+async fn max_connections_refuses_the_excess_and_keeps_serving_the_rest() {
+    let up = spawn_upstream("core").await;
+    let gw = Conf::one(&up)
+        .with_http()
+        .with_admin()
+        .limit("max_connections: 3")
+        .spawn()
+        .await;
+    // The admin listener is separate; read the baseline before filling the cap.
+    let refused0 = metric(&metrics(&gw).await, "gateway_connections_refused_total");
+    let a = bearer(TOKEN_ACME);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = gw.h1("acme.gw.test").await;
+        assert_eq!(
+            c.get("/rest/held", &[("authorization", &a)]).await.status,
+            200
+        );
+        held.push(c);
+    }
+    // the 4th: TLS handshake fails (closed at accept) — quickly, not after a timeout
+    let t = Instant::now();
+    let fourth = tls_connect_result(gw.https(), &TlsOpts::h1("acme.gw.test")).await;
+    assert!(fourth.is_err(), "a 4th TLS connection was accepted");
+    assert!(t.elapsed() < Duration::from_secs(2), "refused at once");
+    // plain listener shares the cap
+    let mut plain = RawConn::plain(gw.http()).await;
+    assert!(
+        matches!(plain.read_some(Duration::from_secs(2)).await, Ok(v) if v.is_empty())
+            || matches!(plain.read_some(Duration::from_millis(10)).await, Err(e) if e.kind() != std::io::ErrorKind::TimedOut),
+        "a 4th plain connection was not closed at once"
+    );
+    // the held ones still work
+    for c in held.iter_mut() {
+        assert_eq!(
+            c.get("/rest/held", &[("authorization", &a)]).await.status,
+            200
+        );
+    }
+    // free one; a new connection gets in (the gateway notices the close asynchronously)
+    held.pop();
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = tls_connect_result(gw.https(), &TlsOpts::h1("acme.gw.test")).await {
+            let mut raw = RawConn::from_io(s);
+            raw.write(
+                format!(
+                    "GET /rest/new HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: {a}\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+            if let Some(r) = raw.try_read_response().await {
+                assert_eq!(r.status, 200);
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no new connection accepted after one of the three closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused1 = metric(&metrics(&gw).await, "gateway_connections_refused_total");
+    assert!(
+        refused1 >= refused0 + 2.0,
+        "refusals counted: {refused0} → {refused1}"
+    );
+}
+
+/// `idle_timeout: 1s`: an idle HTTP/1.1 keep-alive connection (after a request, and one that
+/// never sent any) is closed; `header_read_timeout` is 30 s so it is not what closes them.
+#[tokio::test]
+async fn idle_h1_connections_are_closed_after_idle_timeout() {
+    let up = spawn_upstream("core").await;
+    let gw = Conf::one(&up)
+        .with_http()
+        .limit("idle_timeout: 1s")
+        .limit("header_read_timeout: 30s")
+        .spawn()
+        .await;
+    let mut after_request = RawConn::tls(gw.https(), Some("acme.gw.test")).await;
+    after_request
+        .write(
+            format!("GET /rest/idle HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    assert_eq!(after_request.read_response().await.status, 200);
+    let t = Instant::now();
+    let mut never = RawConn::tls(gw.https(), Some("acme.gw.test")).await;
+    let mut plain = RawConn::plain(gw.http()).await;
+    for (what, c) in [
+        ("idle after a request (TLS)", &mut after_request),
+        ("never sent a request (TLS)", &mut never),
+        ("never sent a request (plain)", &mut plain),
+    ] {
+        let res = c.read_some(CUT_BY).await;
+        let closed = matches!(&res, Ok(v) if v.is_empty())
+            || matches!(&res, Err(e) if e.kind() != std::io::ErrorKind::TimedOut);
+        assert!(
+            closed,
+            "{what}: still open {:?} later ({res:?})",
+            t.elapsed()
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(700),
+            "{what}: closed after {:?}, before idle_timeout",
+            t.elapsed()
+        );
+    }
+}
+
+/// A request still in flight keeps its connection: a response whose body pauses for 2.5 s
+/// (HTTP/1.1) and one whose head takes 2.5 s (HTTP/2) complete with `idle_timeout: 1s`, and
+/// the connections serve another request afterwards.
+#[tokio::test]
+async fn in_flight_requests_are_not_cut_by_idle_timeout() {
+    let up = spawn_upstream("core").await;
+    let gw = Conf::one(&up)
+        .limit("idle_timeout: 1s")
+        .limit("header_read_timeout: 30s")
+        .spawn()
+        .await;
+    let a = bearer(TOKEN_ACME);
+    // HTTP/1.1: head + first part, then a 2.5 s pause before the rest
+    let mut c = gw.h1("acme.gw.test").await;
+    let req = c.build(
+        http::Method::GET,
+        "/rest/x/_slow",
+        &[("authorization", &a)],
+        empty(),
+    );
+    let resp = c.send(req).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert_eq!(
+        next_data(&mut body).await.as_deref(),
+        Some(&b"first-part;"[..])
+    );
+    // h2: a response head that takes 2.5 s
+    let mut c2 = gw.h2("acme.gw.test").await;
+    let req2 = c2.build(
+        http::Method::GET,
+        "/rest/y/_hang",
+        &[("authorization", &a)],
+        empty(),
+    );
+    let pending = tokio::spawn(async move {
+        let r = c2.send(req2).await;
+        let r = collect(r).await;
+        (c2, r)
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    up.gates().slow.add_permits(1);
+    up.gates().hang.add_permits(1);
+    assert_eq!(
+        next_data(&mut body).await.as_deref(),
+        Some(&b"second-part"[..]),
+        "HTTP/1.1 body cut while in flight"
+    );
+    assert!(next_data(&mut body).await.is_none());
+    let (mut c2, r2) = pending.await.unwrap();
+    assert_eq!(r2.status, 200, "HTTP/2 request cut while in flight");
+    assert_eq!(r2.text(), "late");
+    // both connections still usable right after
+    assert_eq!(
+        c.get("/rest/again", &[("authorization", &a)]).await.status,
+        200
+    );
+    assert_eq!(
+        c2.get("/rest/again", &[("authorization", &a)]).await.status,
+        200
+    );
+}
