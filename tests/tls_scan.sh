@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # TLS scan of twenty-gateway with sslscan (Debian package).
 #
-#   scripts/tls_scan.sh                 # build --release, start with ./gateway.yaml, scan, stop
-#   scripts/tls_scan.sh HOST:PORT       # scan a gateway that is already running
+#   tests/tls_scan.sh                 # build --release, start with ./gateway.yaml, scan, stop
+#   tests/tls_scan.sh HOST:PORT       # scan a gateway that is already running
 #
 # Passes only if: SSLv2, SSLv3, TLS 1.0 and TLS 1.1 are disabled; TLS 1.2 and/or 1.3 are
 # enabled; every accepted cipher suite is an AEAD suite with forward secrecy (no RC4, 3DES,
