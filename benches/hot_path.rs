@@ -110,7 +110,7 @@ fn bench(c: &mut Criterion) {
                         proto: "https",
                         host: &host,
                         request_id: &rid,
-                        tenant: "t0",
+                        tenant: &cfg.tenants[0].header,
                         key_id: Some("key-0"),
                         authorization: None,
                         websocket: false,

@@ -30,7 +30,8 @@ pub enum LogFormat {
 /// moves through the pipeline, written once when its response is done.
 #[derive(Debug)]
 pub struct AccessRecord {
-    pub request_id: String,
+    /// Also the `X-Request-Id` response header: kept once, as the header value.
+    pub request_id: http::HeaderValue,
     pub client_ip: IpAddr,
     pub method: http::Method,
     pub host: Option<String>,
@@ -95,6 +96,43 @@ pub fn clip(s: &str) -> &str {
 }
 
 impl AccessRecord {
+    /// A record for a request that has just started; the pipeline fills in
+    /// the rest as it goes.
+    pub fn new(
+        request_id: http::HeaderValue,
+        client_ip: IpAddr,
+        method: http::Method,
+        path: String,
+        protocol: &'static str,
+        start: Instant,
+    ) -> Self {
+        AccessRecord {
+            request_id,
+            client_ip,
+            method,
+            host: None,
+            path,
+            route: None,
+            tenant: None,
+            key_id: None,
+            status: 0,
+            outcome: Outcome::Ok,
+            upstream: None,
+            start,
+            upstream_ms: None,
+            bytes_out: 0,
+            protocol,
+            user_agent: None,
+            error: None,
+            error_kind: None,
+        }
+    }
+
+    /// Request ids are visible ASCII (checked or generated), so this is exact.
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
     pub fn duration_ms(&self) -> f64 {
         round_ms(self.start.elapsed().as_secs_f64() * 1000.0)
     }
@@ -107,7 +145,7 @@ impl AccessRecord {
                     timestamp,
                     level: "INFO",
                     event: "request",
-                    request_id: &self.request_id,
+                    request_id: self.request_id(),
                     client_ip: self.client_ip,
                     method: self.method.as_str(),
                     host: self.host.as_deref().map(clip),
@@ -146,7 +184,7 @@ impl AccessRecord {
                     up = dash(self.upstream.as_deref()),
                     dur = self.duration_ms(),
                     bytes = self.bytes_out,
-                    rid = self.request_id,
+                    rid = self.request_id(),
                     err = self
                         .error
                         .as_deref()

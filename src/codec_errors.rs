@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::access_log::AccessRecord;
 use crate::error::{Outcome, rest_body};
+use crate::proxy::new_request_id;
 use crate::state::Gateway;
 
 const MAX_HEAD: usize = 256;
@@ -76,34 +77,32 @@ impl<T> CodecErrors<T> {
             ),
             _ => ("Bad Request", "Malformed request"),
         };
-        let request_id = hex::encode(rand::random::<[u8; 16]>());
-        let body = rest_body(status, "BAD_REQUEST", message, &request_id);
-        let record = AccessRecord {
-            request_id: request_id.clone(),
-            client_ip: self.peer.ip(),
-            method: http::Method::from_bytes(b"-").unwrap_or_default(),
-            host: None,
-            path: String::new(),
-            route: None,
-            tenant: None,
-            key_id: None,
+        let request_id = new_request_id();
+        let body = rest_body(
             status,
-            outcome: Outcome::BadRequest,
-            upstream: None,
-            start: Instant::now(),
-            upstream_ms: None,
-            bytes_out: body.len() as u64,
-            protocol: "HTTP/1.1",
-            user_agent: None,
-            error: Some(format!("request refused by the HTTP/1 parser: {message}")),
-            error_kind: None,
-        };
+            "BAD_REQUEST",
+            message,
+            request_id.to_str().unwrap_or("-"),
+        );
+        let mut record = AccessRecord::new(
+            request_id,
+            self.peer.ip(),
+            http::Method::from_bytes(b"-").unwrap_or_default(),
+            String::new(),
+            "HTTP/1.1",
+            Instant::now(),
+        );
+        record.status = status;
+        record.outcome = Outcome::BadRequest;
+        record.bytes_out = body.len() as u64;
+        record.error = Some(format!("request refused by the HTTP/1 parser: {message}"));
         self.gw.metrics.observe(&record);
         if self.gw.current().config.access_log {
             self.gw.access_log.write(&record);
         }
         let mut out = format!(
-            "HTTP/1.1 {status} {reason}\r\nconnection: close\r\ncontent-type: application/json\r\nx-request-id: {request_id}\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {status} {reason}\r\nconnection: close\r\ncontent-type: application/json\r\nx-request-id: {}\r\ncontent-length: {}\r\n\r\n",
+            record.request_id(),
             body.len()
         )
         .into_bytes();

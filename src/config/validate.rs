@@ -91,6 +91,8 @@ pub type TenantId = usize;
 #[derive(Debug)]
 pub struct Tenant {
     pub name: Arc<str>,
+    /// `name` as the `X-Gateway-Tenant` value, built once here.
+    pub header: HeaderValue,
     /// The upstream of each route (same index as [`RouteTable`]), after this
     /// tenant's overrides: resolved once here, never per request.
     pub route_upstreams: Vec<Arc<Upstream>>,
@@ -164,13 +166,14 @@ impl std::hash::Hasher for DigestHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+    /// `[u8; 32]` hashes as a slice: its length first (ignored, always 32),
+    /// then one `write` of the bytes, whose first eight are the hash.
+    fn write_usize(&mut self, _len: usize) {}
     fn write(&mut self, bytes: &[u8]) {
-        // Called with the array's bytes (arrays hash without a length prefix).
-        for chunk in bytes.chunks(8).take(1) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(buf);
-        }
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 = u64::from_le_bytes(first);
     }
 }
 
@@ -363,11 +366,6 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
         }
         tenants.push(validate_tenant(&mut c, &p, rt, &upstreams, &routes, &dir));
     }
-    if raw.tenants.is_empty() {
-        // Not an error: a gateway with no tenants answers 404 to everything,
-        // which is a legitimate (if useless) state during setup.
-    }
-
     let keys = validate_keys(&mut c, &raw.keys, &tenant_ids, &tenants, &limits);
 
     if !c.errors.is_empty() {
@@ -484,6 +482,8 @@ fn validate_tenant(
 
     Tenant {
         name: rt.name.as_str().into(),
+        // Invalid names were reported above; the placeholder never serves.
+        header: HeaderValue::from_str(&rt.name).unwrap_or(HeaderValue::from_static("-")),
         route_upstreams,
         key_rate: rt
             .key_rate
@@ -843,6 +843,14 @@ mod tests {
         assert_eq!(t.lookup("localhost"), None);
         assert_eq!(t.lookup(".localhost"), None);
         assert_eq!(t.lookup("acmelocalhost"), None);
+    }
+
+    #[test]
+    fn digest_hash_is_the_digest_prefix() {
+        use std::hash::BuildHasher;
+        let digest: [u8; 32] = std::array::from_fn(|i| i as u8 + 1);
+        let h = std::hash::BuildHasherDefault::<DigestHasher>::default().hash_one(digest);
+        assert_eq!(h, u64::from_le_bytes([1, 2, 3, 4, 5, 6, 7, 8]));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use self::body::{Finish, InFlight, Payload, ResponseBody};
 use self::upstream::{X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::access_log::{AccessRecord, clip};
-use crate::error::{ErrorShape, GatewayError, Outcome};
+use crate::error::{ErrorShape, GatewayError};
 use crate::state::Gateway;
 use crate::tls::LoadedCert;
 
@@ -94,7 +94,6 @@ pub struct TlsInfo {
 /// request when dropped, whichever way the request ends.
 pub struct Ctx {
     pub finish: Box<Finish>,
-    pub request_id: HeaderValue,
     pub rate_headers: Option<(HeaderValue, HeaderValue)>,
 }
 
@@ -104,10 +103,9 @@ fn sane_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c))
 }
 
-fn new_request_id() -> HeaderValue {
-    let bytes: [u8; 16] = rand::random();
-    let mut id = hex::encode(bytes);
-    id.truncate(32);
+/// 32 random hex characters.
+pub fn new_request_id() -> HeaderValue {
+    let id = hex::encode(rand::random::<[u8; 16]>());
     HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
@@ -165,30 +163,20 @@ pub async fn handle(
             log: snap.config.access_log,
             in_flight: InFlight::new(conn.clone()),
             record: AccessRecord {
-                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-                client_ip: client_ip(conn.peer.ip(), req.headers(), &snap.config.trusted_proxies),
-                method: req.method().clone(),
-                host: None,
-                path: req.uri().path().to_string(),
-                route: None,
-                tenant: None,
-                key_id: None,
-                status: 0,
-                outcome: Outcome::Ok,
-                upstream: None,
-                start,
-                upstream_ms: None,
-                bytes_out: 0,
-                protocol: protocol(req.version()),
                 user_agent: req
                     .headers()
                     .get(http::header::USER_AGENT)
                     .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())).to_string()),
-                error: None,
-                error_kind: None,
+                ..AccessRecord::new(
+                    request_id,
+                    client_ip(conn.peer.ip(), req.headers(), &snap.config.trusted_proxies),
+                    req.method().clone(),
+                    req.uri().path().to_string(),
+                    protocol(req.version()),
+                    start,
+                )
             },
         }),
-        request_id,
         rate_headers: None,
     };
 
@@ -212,13 +200,13 @@ pub async fn handle(
                 }
                 ctx.finish.record.error = Some(detail);
             }
-            e.to_response(shape, &ctx.finish.record.request_id)
+            e.to_response(shape, ctx.finish.record.request_id())
                 .map(Payload::full)
         }
     };
     ctx.finish.record.status = resp.status().as_u16();
     let headers = resp.headers_mut();
-    headers.insert(X_REQUEST_ID.clone(), ctx.request_id);
+    headers.insert(X_REQUEST_ID.clone(), ctx.finish.record.request_id.clone());
     if let Some((policy, state)) = ctx.rate_headers {
         headers.insert(RATELIMIT_POLICY.clone(), policy);
         headers.insert(RATELIMIT.clone(), state);

@@ -232,10 +232,6 @@ impl AuthBrake {
         let now = Instant::now();
         self.blocked.retain(|_, u| *u > now);
     }
-
-    pub fn tracked(&self) -> usize {
-        self.failures.load().len() + self.blocked.len()
-    }
 }
 
 /// `"key";q=600;w=60, "tenant";q=100;w=60` for the limits that apply.

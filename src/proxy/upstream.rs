@@ -84,13 +84,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         headers.remove(UPGRADE);
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
+    remove_prefixed(headers, "proxy-");
+}
+
+/// Remove every header whose (lowercase) name starts with `prefix`;
+/// allocation-free when there is none.
+fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
+    if headers.keys().any(|k| k.as_str().starts_with(prefix)) {
+        let names: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
+            .filter(|k| k.as_str().starts_with(prefix))
             .cloned()
             .collect();
-        for name in proxy {
+        for name in names {
             headers.remove(name);
         }
     }
@@ -102,7 +108,7 @@ pub struct Forwarding<'a> {
     pub proto: &'static str,
     pub host: &'a HeaderValue,
     pub request_id: &'a HeaderValue,
-    pub tenant: &'a str,
+    pub tenant: &'a HeaderValue,
     pub key_id: Option<&'a str>,
     pub authorization: Option<&'a HeaderValue>,
     pub websocket: bool,
@@ -120,16 +126,7 @@ pub fn rewrite_request(
     h.remove(EXPECT);
     // Client-sent X-Gateway-* never reach Twenty: only the gateway speaks for
     // tenants and keys.
-    if h.keys().any(|k| k.as_str().starts_with("x-gateway-")) {
-        let ours: Vec<HeaderName> = h
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-gateway-"))
-            .cloned()
-            .collect();
-        for name in ours {
-            h.remove(name);
-        }
-    }
+    remove_prefixed(h, "x-gateway-");
 
     let mut xff = String::new();
     for v in h.get_all(&X_FORWARDED_FOR) {
@@ -150,10 +147,7 @@ pub fn rewrite_request(
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.proto));
     h.insert(X_FORWARDED_HOST.clone(), f.host.clone());
     h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
-    h.insert(
-        X_GATEWAY_TENANT.clone(),
-        HeaderValue::try_from(f.tenant).map_err(|e| GatewayError::Internal(e.into()))?,
-    );
+    h.insert(X_GATEWAY_TENANT.clone(), f.tenant.clone());
     if let Some(id) = f.key_id {
         h.insert(
             X_GATEWAY_KEY_ID.clone(),
