@@ -444,7 +444,17 @@ async fn health_and_readiness_on_the_admin_listener() {
     let gw = Conf::one(&up).with_admin().spawn().await;
     let mut c = gw.admin_conn().await;
     assert_eq!(c.get("/healthz", &[]).await.status, 200);
-    assert_eq!(c.get("/readyz", &[]).await.status, 200);
+    // The `listening` lines are the startup signal operators and the harness wait for.
+    let r = c.get("/readyz", &[]).await;
+    assert_eq!(
+        r.status,
+        200,
+        "/readyz right after `listening`: {}",
+        r.text()
+    );
+    assert_eq!(c.get("/nope", &[]).await.status, 404);
+    // Reload changes state: only POST.
+    assert_eq!(c.get("/reload", &[]).await.status, 405);
     // the admin listener is not the proxy: no tenant, no key needed, nothing forwarded
     assert!(up.requests().is_empty());
 }
