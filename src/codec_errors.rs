@@ -48,6 +48,10 @@ impl<T> CodecErrors<T> {
             pending: None,
         }
     }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
 }
 
 /// The status of a head hyper wrote for a codec error, if `buf` is one.

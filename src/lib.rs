@@ -10,8 +10,9 @@
 //!   error with its path) → [`config::reload`] (swap a new snapshot in).
 //! - [`state`] — the swappable [`state::Snapshot`] a request loads once, and
 //!   what outlives it (limiters, upstream pool, log writer).
-//! - [`listener`] — accept loop, connection cap, TLS handshake timeout,
-//!   HTTP/1.1 + HTTP/2 serving, graceful shutdown.
+//! - [`listener`] — accept loop, connection cap, TLS handshake timeout.
+//! - [`conn`] — one connection: HTTP/1.1 or HTTP/2, idle and drain closes,
+//!   idle HTTP/1.1 connections parked without hyper's buffers.
 //! - [`tls`] — certificates by SNI from the live snapshot; coverage for 421.
 //! - [`proxy`] — per request: [`proxy::handle`] (context, error → JSON,
 //!   log once) around [`proxy::pipeline`]: [`proxy::target`] →
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod cli;
 pub mod codec_errors;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod listener;
 pub mod metrics;

@@ -1,24 +1,20 @@
-//! Listeners and connections: accept with a connection cap and backoff,
-//! TLS handshake bounded by `header_read_timeout`, then hyper-util serving
-//! HTTP/1.1 and HTTP/2 on the same socket, each connection watched for
-//! graceful shutdown.
+//! Listeners: bind, accept with a connection cap and backoff, TLS handshake
+//! bounded by `header_read_timeout`; then [`crate::conn`] serves the
+//! connection.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::codec_errors::CodecErrors;
-use crate::config::{Limits, Listen};
+use crate::config::Listen;
+use crate::conn::{self, Activity};
 use crate::metrics::ConnectionGuard;
-use crate::proxy::{self, Activity, ConnInfo, TlsInfo};
+use crate::proxy::{ConnInfo, TlsInfo};
 use crate::state::Gateway;
 
 /// Sockets bound before anything else runs, so a port clash fails startup.
@@ -58,27 +54,7 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// HTTP/1.1 + HTTP/2 server settings for one new connection.
-fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper needs at least 8 KiB; its overflow answer is 431.
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(Some(64))
-        .max_local_error_reset_streams(Some(256));
-    b
-}
-
-/// Tells connections to drain; `closed()` on the sender resolves once every
-/// connection (each holds a receiver) has ended.
-pub type Drain = tokio::sync::watch::Receiver<bool>;
+pub use crate::conn::Drain;
 
 /// Accept on one listener until the future is dropped (shutdown).
 pub async fn accept_loop(
@@ -131,7 +107,6 @@ async fn serve_connection(
     let _open = ConnectionGuard::new(&gw.metrics.open_connections);
     // Connection-level limits come from the snapshot current at accept time.
     let limits = gw.current().config.limits.clone();
-    let builder = conn_builder(&limits);
     match tls {
         None => {
             let info = Arc::new(ConnInfo {
@@ -139,19 +114,20 @@ async fn serve_connection(
                 tls: None,
                 activity: Activity::default(),
             });
-            let io = CodecErrors::new(tcp, gw.clone(), peer);
-            serve_io(gw, &builder, TokioIo::new(io), info, &limits, drain).await;
+            conn::serve(gw, tcp, None, info, &limits, drain).await;
         }
         Some(acceptor) => {
+            // Boxed: the handshake state would otherwise stay in the task
+            // for the connection's whole life.
             let stream = match tokio::time::timeout(
                 limits.header_read_timeout,
-                acceptor.accept(tcp),
+                Box::pin(acceptor.accept(tcp)),
             )
             .await
             {
                 Ok(Ok(stream)) => {
                     gw.metrics.handshake("ok");
-                    stream
+                    Box::new(stream)
                 }
                 Ok(Err(e)) => {
                     gw.metrics.handshake("error");
@@ -171,58 +147,9 @@ async fn serve_connection(
                 tls: Some(TlsInfo { sni, cert }),
                 activity: Activity::default(),
             });
-            let io = CodecErrors::new(stream, gw.clone(), peer);
-            serve_io(gw, &builder, TokioIo::new(io), info, &limits, drain).await;
+            // HTTP/2 over TLS is chosen by ALPN only (RFC 9113 §3.3).
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            conn::serve(gw, stream, Some(h2), info, &limits, drain).await;
         }
-    }
-}
-
-/// Serve HTTP on one connection until it ends. Asked to close gracefully
-/// (idle keep-alive closed, HTTP/2 GOAWAY, in-flight requests finish) when
-/// the gateway drains or when no request has been in flight for
-/// `idle_timeout`.
-async fn serve_io<I>(
-    gw: Arc<Gateway>,
-    builder: &auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
-    info: Arc<ConnInfo>,
-    limits: &Limits,
-    mut drain: Drain,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc_info = info.clone();
-    let svc = service_fn(move |req| proxy::handle(gw.clone(), svc_info.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    let mut conn = std::pin::pin!(conn);
-    let idle = limits.idle_timeout;
-    let idle_check = tokio::time::sleep(idle);
-    let mut idle_check = std::pin::pin!(idle_check);
-    let mut closing = *drain.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
-    let result = loop {
-        tokio::select! {
-            res = conn.as_mut() => break res,
-            _ = drain.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = &mut idle_check, if !closing => {
-                match info.activity.idle_since() {
-                    Some(since) if since.elapsed() >= idle => {
-                        tracing::debug!(event = "idle_close", peer = %info.peer, "closing idle connection");
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    Some(since) => idle_check.as_mut().reset((since + idle).into()),
-                    None => idle_check.as_mut().reset(tokio::time::Instant::now() + idle),
-                }
-            }
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(event = "connection_error", error = %e, "connection ended with an error");
     }
 }

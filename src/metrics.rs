@@ -67,6 +67,7 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_generation: Gauge,
     pub open_connections: Gauge,
+    pub parked_connections: Gauge,
     pub tls_handshakes: Family<ResultLabels, Counter>,
     pub connections_refused: Counter,
     pub access_log_dropped: Counter<u64, AtomicU64>,
@@ -91,6 +92,7 @@ impl Metrics {
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
             open_connections: Gauge::default(),
+            parked_connections: Gauge::default(),
             tls_handshakes: Family::default(),
             connections_refused: Counter::default(),
             access_log_dropped: Counter::default(),
@@ -135,6 +137,11 @@ impl Metrics {
             "gateway_open_connections",
             "Client connections currently open",
             m.open_connections.clone(),
+        );
+        registry.register(
+            "gateway_parked_connections",
+            "Idle HTTP/1.1 keep-alive connections waiting without request buffers",
+            m.parked_connections.clone(),
         );
         registry.register(
             "gateway_tls_handshakes",

@@ -38,18 +38,6 @@ async fn served(gw: &Gateway, up: &Upstream, what: &str) {
     up.request_with_id(&id).await;
 }
 
-async fn metrics(gw: &Gateway) -> String {
-    gw.admin_conn().await.get("/metrics", &[]).await.text()
-}
-
-fn metric(text: &str, line_prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Trickle `bytes` one byte per `every` until the peer closes; the time it took, or `None` if
 /// all bytes were sent and the connection was still open `CUT_BY` after the start.
 async fn trickle_until_closed(c: &mut RawConn, bytes: &[u8], every: Duration) -> Option<Duration> {
@@ -141,7 +129,7 @@ async fn slow_tls_handshake_is_cut_after_header_read_timeout() {
         .spawn()
         .await;
     let before = metric(
-        &metrics(&gw).await,
+        &gw.metrics_text().await,
         "gateway_tls_handshakes_total{result=\"timeout\"}",
     );
     let silent = TcpStream::connect(gw.https()).await.unwrap();
@@ -176,7 +164,7 @@ async fn slow_tls_handshake_is_cut_after_header_read_timeout() {
         );
     }
     let after = metric(
-        &metrics(&gw).await,
+        &gw.metrics_text().await,
         "gateway_tls_handshakes_total{result=\"timeout\"}",
     );
     assert!(
@@ -197,7 +185,10 @@ async fn max_connections_refuses_the_excess_and_keeps_serving_the_rest() {
         .spawn()
         .await;
     // The admin listener is separate; read the baseline before filling the cap.
-    let refused0 = metric(&metrics(&gw).await, "gateway_connections_refused_total");
+    let refused0 = metric(
+        &gw.metrics_text().await,
+        "gateway_connections_refused_total",
+    );
     let a = bearer(TOKEN_ACME);
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -251,7 +242,10 @@ async fn max_connections_refuses_the_excess_and_keeps_serving_the_rest() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let refused1 = metric(&metrics(&gw).await, "gateway_connections_refused_total");
+    let refused1 = metric(
+        &gw.metrics_text().await,
+        "gateway_connections_refused_total",
+    );
     assert!(
         refused1 >= refused0 + 2.0,
         "refusals counted: {refused0} → {refused1}"

@@ -15,7 +15,6 @@ pub mod upstream;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, Request, Response, Version};
@@ -25,6 +24,7 @@ use ipnet::IpNet;
 use self::body::{Finish, InFlight, Payload, ResponseBody};
 use self::upstream::{X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::access_log::{AccessRecord, clip};
+use crate::conn::Activity;
 use crate::error::{ErrorShape, GatewayError};
 use crate::state::Gateway;
 use crate::tls::LoadedCert;
@@ -38,49 +38,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: Option<TlsInfo>,
     pub activity: Activity,
-}
-
-/// Requests in flight on a connection and when that last changed, so the
-/// connection can be closed after `idle_timeout` with nothing to do.
-#[derive(Debug)]
-pub struct Activity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds after `opened` of the last start or finish.
-    last_change_ms: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last_change_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_change_ms.store(ms, Ordering::Relaxed);
-    }
-    pub fn started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
-    }
-    pub fn finished(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.touch();
-    }
-    /// When the connection became idle, or `None` while requests are in flight.
-    pub fn idle_since(&self) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        let ms = self.last_change_ms.load(Ordering::Relaxed);
-        Some(self.opened + std::time::Duration::from_millis(ms))
-    }
 }
 
 #[derive(Debug)]

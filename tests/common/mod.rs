@@ -1531,6 +1531,29 @@ impl Gateway {
         Conn::plain(self.admin(), "127.0.0.1").await
     }
 
+    /// `GET /metrics` on the admin listener.
+    pub async fn metrics_text(&self) -> String {
+        self.admin_conn().await.get("/metrics", &[]).await.text()
+    }
+
+    /// Scrape until the sample starting with `line_prefix` satisfies `pred` (metrics move
+    /// off the request path), up to [`TIMEOUT`].
+    pub async fn wait_metric(&self, line_prefix: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let text = self.metrics_text().await;
+            let v = metric(&text, line_prefix);
+            if pred(v) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{line_prefix}: {v} did not reach the expected value within {TIMEOUT:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Send SIGTERM (via `kill`) and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -1544,6 +1567,15 @@ impl Gateway {
 // ---------------------------------------------------------------------------------------------
 // config YAML for the usual shape
 // ---------------------------------------------------------------------------------------------
+
+/// The value of the first sample line starting with `line_prefix` (0 if absent).
+pub fn metric(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
 
 pub const TOKEN_ACME: &str = "tgw_test_acme_ci_0123456789abcdef";
 pub const TOKEN_BETA: &str = "tgw_test_beta_ci_0123456789abcdef";
