@@ -323,8 +323,11 @@ pub const PARK_CHECK_MAX: Duration = Duration::from_secs(2);
 
 impl IdleClock {
     fn new(limits: &Limits, parks: bool) -> Self {
-        let idle = limits.idle_timeout;
-        let half_head = limits.header_read_timeout / 2;
+        Self::with(limits.idle_timeout, limits.header_read_timeout, parks)
+    }
+
+    fn with(idle: Duration, header_read_timeout: Duration, parks: bool) -> Self {
+        let half_head = header_read_timeout / 2;
         let park_after = parks.then(|| PARK_AFTER.min(half_head));
         IdleClock {
             idle,
@@ -562,4 +565,90 @@ fn join(a: Bytes, b: Bytes) -> Bytes {
     out.extend_from_slice(&a);
     out.extend_from_slice(&b);
     out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(60);
+    const HEAD: Duration = Duration::from_secs(10);
+
+    /// A connection whose last request started or finished `ago`.
+    fn activity(ago: Duration) -> Activity {
+        let a = Activity::default();
+        Activity {
+            opened: Instant::now().checked_sub(ago).expect("uptime"),
+            ..a
+        }
+    }
+    /// ... and that request has finished, nothing read since.
+    fn between(ago: Duration) -> Activity {
+        let a = activity(ago);
+        a.reads_at_finish.store(0, Ordering::Relaxed);
+        a
+    }
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+    fn later_in(idle: Idle) -> Duration {
+        match idle {
+            Idle::Later(at) => at.saturating_duration_since(TokioInstant::now()),
+            other => panic!("expected Later, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_quiet_connection_parks_park_after_its_last_request() {
+        let mut c = IdleClock::with(IDLE, HEAD, true);
+        assert_eq!(c.check(&between(ms(150))), Idle::Park);
+        // looked too early: next look when PARK_AFTER is reached, no back-off
+        let mut c = IdleClock::with(IDLE, HEAD, true);
+        let wait = later_in(c.check(&between(ms(30))));
+        assert!(wait <= ms(70), "{wait:?}");
+        assert_eq!(c.interval, PARK_AFTER);
+    }
+
+    #[test]
+    fn a_busy_connection_is_looked_at_less_and_less_often() {
+        let mut c = IdleClock::with(IDLE, HEAD, true);
+        let busy = activity(ms(0));
+        busy.in_flight.store(1, Ordering::Relaxed);
+        let intervals: Vec<u128> = (0..6)
+            .map(|_| {
+                let wait = later_in(c.check(&busy));
+                assert!(wait <= c.interval);
+                c.interval.as_millis()
+            })
+            .collect();
+        assert_eq!(intervals, [200, 400, 800, 1600, 2000, 2000]);
+        // parking (a wake-up) starts over
+        c.restart();
+        assert_eq!(c.interval, PARK_AFTER);
+        // never longer than half of header_read_timeout
+        let mut c = IdleClock::with(IDLE, Duration::from_secs(1), true);
+        let waits: Vec<Duration> = (0..6).map(|_| later_in(c.check(&busy))).collect();
+        assert!(waits.iter().all(|w| *w <= ms(500)), "{waits:?}");
+    }
+
+    #[test]
+    fn never_parked_mid_head_or_before_the_first_request() {
+        let mut c = IdleClock::with(IDLE, HEAD, true);
+        let arriving = between(ms(500));
+        arriving.read_bytes();
+        assert!(matches!(c.check(&arriving), Idle::Later(_)));
+        let fresh = activity(Duration::from_secs(5));
+        assert!(matches!(c.check(&fresh), Idle::Later(_)));
+    }
+
+    #[test]
+    fn idle_timeout_closes_and_http2_never_parks() {
+        for parks in [true, false] {
+            let mut c = IdleClock::with(IDLE, HEAD, parks);
+            assert_eq!(c.check(&between(IDLE)), Idle::Close);
+        }
+        let mut c = IdleClock::with(IDLE, HEAD, false);
+        let wait = later_in(c.check(&between(Duration::from_secs(5))));
+        assert!(wait > Duration::from_secs(54) && wait <= Duration::from_secs(55));
+    }
 }
