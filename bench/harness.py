@@ -394,7 +394,10 @@ def start_target(proxy: str, mode: str, upstream: str, auth_keys: int = 0) -> Ta
                                        "XDG_CONFIG_HOME": str(home)})
     elif proxy == "gateway":
         t.admin_port = free_port()
-        cfg = RUN / f"{fname}.yaml"
+        # A directory of its own: the gateway watches its config's directory (inotify), and the
+        # other proxies' access logs in RUN would wake its watcher on every line they write.
+        (RUN / "conf" / fname).mkdir(parents=True, exist_ok=True)
+        cfg = RUN / "conf" / fname / "gateway.yaml"
         cfg.write_text(gateway_yaml(t.port, t.admin_port, upstream, access_log=on, extra_keys=auth_keys,
                                     open_route=bool(auth_keys)))
         chk = subprocess.run([str(GATEWAY_BIN), "check", "--config", str(cfg)], capture_output=True, text=True,
