@@ -1525,13 +1525,7 @@ async fn no_token_or_query_leaks_anywhere() {
     let mut admin = gw.admin_conn().await;
     let metrics = admin.get("/metrics", &[]).await.text();
     drop((c, admin));
-    // let the client tasks close their sockets before `terminate` blocks this thread
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-
-    let mut gw = gw;
-    gw.terminate();
-    gw.stdout.wait_eof().await;
-    gw.stderr.wait_eof().await;
+    gw.terminate().await;
     let out = gw.all_output();
     let secrets = [
         TOKEN_ACME,

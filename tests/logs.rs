@@ -336,10 +336,7 @@ async fn secrets_never_appear_in_any_output() {
         gw.access_line(id).await;
     }
     // Stop the process so that everything it will ever print has been printed.
-    let mut gw = gw;
-    gw.terminate();
-    gw.stdout.wait_eof().await;
-    gw.stderr.wait_eof().await;
+    gw.terminate().await;
     let out = gw.all_output();
     let secrets = [
         TOKEN_ACME,
@@ -359,15 +356,14 @@ async fn secrets_never_appear_in_any_output() {
 #[tokio::test]
 async fn access_log_false_disables_request_lines() {
     let up = spawn_upstream("core").await;
-    let mut gw = Conf::one(&up).extra("access_log: false").spawn().await;
+    let gw = Conf::one(&up).extra("access_log: false").spawn().await;
     let mut c = gw.h1("acme.gw.test").await;
     let r = c
         .get("/rest/people", &[("authorization", &bearer(TOKEN_ACME))])
         .await;
     assert_eq!(r.status, 200);
     drop(c);
-    gw.terminate();
-    gw.stdout.wait_eof().await;
+    gw.terminate().await;
     assert!(
         gw.access_lines().is_empty(),
         "no access lines with access_log: false: {:?}",
@@ -378,7 +374,7 @@ async fn access_log_false_disables_request_lines() {
 #[tokio::test]
 async fn sigterm_exits_0_and_logs_shutdown() {
     let up = spawn_upstream("core").await;
-    let mut gw = Conf::one(&up).spawn().await;
+    let gw = Conf::one(&up).spawn().await;
     let mut c = gw.h1("acme.gw.test").await;
     assert_eq!(
         c.get("/rest/people", &[("authorization", &bearer(TOKEN_ACME))])
@@ -387,7 +383,7 @@ async fn sigterm_exits_0_and_logs_shutdown() {
         200
     );
     drop(c);
-    let status = gw.terminate();
+    let status = gw.terminate().await;
     assert_eq!(
         status.code(),
         Some(0),

@@ -77,7 +77,7 @@ async fn bytes_read_before_parking_are_not_lost() {
 #[tokio::test]
 async fn parked_connections_close_at_idle_timeout_and_on_shutdown() {
     let up = spawn_upstream("core").await;
-    let mut gw = Conf::one(&up)
+    let gw = Conf::one(&up)
         .with_admin()
         .limit("idle_timeout: 3s")
         .limit("header_read_timeout: 30s")
@@ -105,7 +105,7 @@ async fn parked_connections_close_at_idle_timeout_and_on_shutdown() {
     assert_eq!(c.read_response().await.status, 200);
     gw.wait_metric(PARKED, |v| v == 1.0).await;
     let t = Instant::now();
-    let status = gw.terminate();
+    let status = gw.terminate().await;
     assert!(status.success(), "exit status {status:?}");
     assert!(
         t.elapsed() < Duration::from_secs(10),

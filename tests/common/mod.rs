@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -1306,8 +1306,16 @@ impl GatewaySetup {
         let stderr = Lines::new();
         stdout.collect_from(child.stdout.take().unwrap());
         stderr.collect_from(child.stderr.take().unwrap());
+        let pid = child.id();
+        // A thread owns the child and publishes its exit status when it exits.
+        let (exit_tx, exit) = watch::channel(None);
+        std::thread::spawn(move || {
+            let st = child.wait().expect("wait for twenty-gateway");
+            let _ = exit_tx.send(Some(st));
+        });
         let mut gw = Gateway {
-            child,
+            pid,
+            exit,
             setup: self,
             https: None,
             http: None,
@@ -1326,7 +1334,7 @@ impl GatewaySetup {
                 })
                 .await;
             let Some(line) = line else {
-                let status = gw.child.try_wait().ok().flatten();
+                let status = gw.exited();
                 panic!(
                     "gateway never logged `listening` for {l} (exit status: {status:?})\n--- config ---\n{yaml}\n--- stdout ---\n{}\n--- stderr ---\n{}",
                     gw.stdout.snapshot().join("\n"),
@@ -1373,7 +1381,8 @@ pub async fn spawn_gateway(yaml: &str) -> Gateway {
 }
 
 pub struct Gateway {
-    child: Child,
+    pid: u32,
+    exit: watch::Receiver<Option<ExitStatus>>,
     pub setup: GatewaySetup,
     https: Option<SocketAddr>,
     http: Option<SocketAddr>,
@@ -1384,8 +1393,12 @@ pub struct Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.exited().is_none() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.pid.to_string())
+                .status();
+        }
     }
 }
 
@@ -1464,17 +1477,16 @@ impl Gateway {
         s
     }
 
-    /// Kill the process and wait until both output pipes are drained.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
     /// Send a signal by name (`HUP`, `TERM`, ...) with the `kill` utility.
     pub fn signal(&self, sig: &str) {
+        assert!(
+            self.exited().is_none(),
+            "process already exited\n{}",
+            self.all_output()
+        );
         let st = Command::new("kill")
             .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
+            .arg(self.pid.to_string())
             .status()
             .expect("kill");
         assert!(st.success(), "kill -{sig} failed");
@@ -1554,13 +1566,30 @@ impl Gateway {
         }
     }
 
-    /// Send SIGTERM (via `kill`) and wait for the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().unwrap()
+    /// The exit status, if the process has exited.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// Wait for the process to exit (up to `limit`), then for its output to be fully read.
+    pub async fn wait_exit(&self, limit: Duration) -> ExitStatus {
+        let mut rx = self.exit.clone();
+        let Ok(Ok(st)) = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await else {
+            panic!(
+                "the process did not exit within {limit:?}\n{}",
+                self.all_output()
+            );
+        };
+        let st = st.expect("exit status");
+        self.stdout.wait_eof().await;
+        self.stderr.wait_eof().await;
+        st
+    }
+
+    /// Send SIGTERM and wait for the exit status (and the end of its output).
+    pub async fn terminate(&self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(TIMEOUT * 3).await
     }
 }
 
@@ -1908,6 +1937,6 @@ impl RawConn {
 impl Gateway {
     /// The gateway's process id (for /proc inspection).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 }
