@@ -501,7 +501,6 @@ async fn serve_until_parked<T: Transport>(
         if closing {
             Pin::new(&mut *conn).graceful_shutdown();
         }
-        let mut parking = false;
         let result = loop {
             tokio::select! {
                 // hyper first: bytes that woke a parked connection are
@@ -517,7 +516,6 @@ async fn serve_until_parked<T: Transport>(
                         Idle::Later(at) => timer.as_mut().reset(at),
                         Idle::Park => {
                             closing = true;
-                            parking = true;
                             info.activity.parking.store(true, Ordering::Relaxed);
                             Pin::new(&mut *conn).graceful_shutdown();
                         }
@@ -534,7 +532,7 @@ async fn serve_until_parked<T: Transport>(
             tracing::debug!(event = "connection_error", error = %e, "connection ended with an error");
             return None;
         }
-        if !parking {
+        if !info.activity.parking.load(Ordering::Relaxed) {
             return None;
         }
         // `None`: upgraded (WebSocket), the socket went to the tunnel.
@@ -546,7 +544,7 @@ async fn serve_until_parked<T: Transport>(
         // hyper had read the start of a next request (pipelined behind
         // the last one): serve it right away, and don't park again
         // before it is done — its head stays under `header_read_timeout`.
-        io.replay = join(parts.read_buf, std::mem::take(&mut io.replay));
+        io.replay = Bytes::from([&parts.read_buf[..], &io.replay[..]].concat());
         info.activity.read_bytes();
         timer.as_mut().reset(clock.restart());
     }
@@ -555,16 +553,6 @@ async fn serve_until_parked<T: Transport>(
 /// Close a parked connection the way hyper would: TLS close_notify, FIN.
 async fn close<T: Transport>(mut io: ConnIo<T>) {
     let _ = tokio::time::timeout(Duration::from_secs(1), io.inner.shutdown()).await;
-}
-
-fn join(a: Bytes, b: Bytes) -> Bytes {
-    if b.is_empty() {
-        return a;
-    }
-    let mut out = BytesMut::with_capacity(a.len() + b.len());
-    out.extend_from_slice(&a);
-    out.extend_from_slice(&b);
-    out.freeze()
 }
 
 #[cfg(test)]
