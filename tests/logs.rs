@@ -31,11 +31,7 @@ async fn access_line_has_every_field_with_the_right_type() {
     let up = spawn_upstream("core").await;
     let gw = Conf::one(&up).spawn().await;
     for h2 in [false, true] {
-        let mut c = if h2 {
-            gw.h2("acme.gw.test").await
-        } else {
-            gw.h1("acme.gw.test").await
-        };
+        let mut c = gw.conn(h2, "acme.gw.test").await;
         let id = rid();
         let r = c
             .get(
@@ -310,11 +306,7 @@ async fn secrets_never_appear_in_any_output() {
         .into_iter()
         .flat_map(|h2| cases.iter().map(move |c| (h2, c)))
     {
-        let mut c = if h2 {
-            gw.h2(host).await
-        } else {
-            gw.h1(host).await
-        };
+        let mut c = gw.conn(h2, host).await;
         let id = rid();
         let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         h.push(("x-request-id", &id));

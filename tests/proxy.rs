@@ -355,11 +355,7 @@ async fn upstream_token_env_and_file_replace_authorization() {
 async fn big_body_streams(h2: bool) {
     let up = spawn_upstream("core").await;
     let gw = Conf::one(&up).spawn().await;
-    let mut c = if h2 {
-        gw.h2("acme.gw.test").await
-    } else {
-        gw.h1("acme.gw.test").await
-    };
+    let mut c = gw.conn(h2, "acme.gw.test").await;
     let id = rid();
     let req = c.build(
         Method::GET,
@@ -408,11 +404,7 @@ async fn big_response_streams_over_http2() {
 async fn sse_event_by_event(h2: bool) {
     let up = spawn_upstream("metadata").await;
     let gw = Conf::one(&up).spawn().await;
-    let mut c = if h2 {
-        gw.h2("acme.gw.test").await
-    } else {
-        gw.h1("acme.gw.test").await
-    };
+    let mut c = gw.conn(h2, "acme.gw.test").await;
     let req = c.build(
         Method::GET,
         "/metadata/_sse",
@@ -467,11 +459,7 @@ async fn sse_is_delivered_event_by_event_over_http2() {
 async fn upload_streams(h2: bool) {
     let up = spawn_upstream("core").await;
     let gw = Conf::one(&up).spawn().await;
-    let mut c = if h2 {
-        gw.h2("acme.gw.test").await
-    } else {
-        gw.h1("acme.gw.test").await
-    };
+    let mut c = gw.conn(h2, "acme.gw.test").await;
     let id = rid();
     let (tx, body) = chan_body(4);
     let req = c.build(
@@ -600,11 +588,7 @@ async fn body_over_max_request_body_is_413_with_content_length() {
 async fn chunked_413(h2: bool) {
     let up = spawn_upstream("core").await;
     let gw = body_limit_gateway(&up).await;
-    let mut c = if h2 {
-        gw.h2("acme.gw.test").await
-    } else {
-        gw.h1("acme.gw.test").await
-    };
+    let mut c = gw.conn(h2, "acme.gw.test").await;
     let id = rid();
     let (tx, body) = chan_body(8);
     let req = c.build(

@@ -1424,6 +1424,14 @@ impl Gateway {
     pub async fn h2(&self, host: &str) -> Conn {
         Conn::h2(self.https(), host).await
     }
+    /// [`Gateway::h2`] or [`Gateway::h1`]: for tests run over both.
+    pub async fn conn(&self, h2: bool, host: &str) -> Conn {
+        if h2 {
+            self.h2(host).await
+        } else {
+            self.h1(host).await
+        }
+    }
 
     /// Every JSON object printed on stdout so far.
     pub fn json_lines(&self) -> Vec<serde_json::Map<String, Value>> {
