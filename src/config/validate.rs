@@ -137,6 +137,8 @@ impl HostTable {
 #[derive(Debug)]
 pub struct Key {
     pub id: Arc<str>,
+    /// `id` as the `X-Gateway-Key-Id` value, built once here.
+    pub header: HeaderValue,
     pub tenant: TenantId,
     /// The quota that applies: the key's own, else its tenant's `key_rate`,
     /// else `limits.default_rate`.
@@ -482,8 +484,7 @@ fn validate_tenant(
 
     Tenant {
         name: rt.name.as_str().into(),
-        // Invalid names were reported above; the placeholder never serves.
-        header: HeaderValue::from_str(&rt.name).unwrap_or(HeaderValue::from_static("-")),
+        header: header_value(&rt.name),
         route_upstreams,
         key_rate: rt
             .key_rate
@@ -569,6 +570,7 @@ fn validate_keys(
         }
         table.keys.push(Key {
             id: rk.id.as_str().into(),
+            header: header_value(&rk.id),
             tenant,
             rate,
             expires,
@@ -579,6 +581,13 @@ fn validate_keys(
 }
 
 /// Names that travel in headers and log fields: 1-128 visible ASCII.
+/// A tenant name or key id as the header value the gateway sends upstream.
+/// Names that are not header-safe are reported as config errors; the
+/// placeholder only keeps the (rejected) config buildable.
+fn header_value(name: &str) -> HeaderValue {
+    HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("-"))
+}
+
 fn header_safe(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }

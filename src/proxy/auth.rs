@@ -108,6 +108,7 @@ mod tests {
             t.by_hash.insert(Sha256::digest(token).into(), i);
             t.keys.push(Key {
                 id: token.into(),
+                header: http::HeaderValue::from_static(token),
                 tenant,
                 rate: None,
                 expires,

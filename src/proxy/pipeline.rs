@@ -101,7 +101,7 @@ pub async fn run(
             }
         };
         ctx.finish.record.key_id = Some(key.id.clone());
-        key_id = Some(key.id.clone());
+        key_id = Some(&key.header);
 
         // 5. Rate limits: the key's own, then the tenant's shared one. Only
         //    authenticated requests count, so a stranger cannot drain a
@@ -160,7 +160,7 @@ pub async fn run(
             host: &host.raw,
             request_id: &ctx.finish.record.request_id,
             tenant: &tenant.header,
-            key_id: key_id.as_deref(),
+            key_id,
             authorization: tenant.upstream_authorization.as_ref(),
             websocket,
         },

@@ -109,7 +109,7 @@ pub struct Forwarding<'a> {
     pub host: &'a HeaderValue,
     pub request_id: &'a HeaderValue,
     pub tenant: &'a HeaderValue,
-    pub key_id: Option<&'a str>,
+    pub key_id: Option<&'a HeaderValue>,
     pub authorization: Option<&'a HeaderValue>,
     pub websocket: bool,
 }
@@ -149,10 +149,7 @@ pub fn rewrite_request(
     h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
     h.insert(X_GATEWAY_TENANT.clone(), f.tenant.clone());
     if let Some(id) = f.key_id {
-        h.insert(
-            X_GATEWAY_KEY_ID.clone(),
-            HeaderValue::try_from(id).map_err(|e| GatewayError::Internal(e.into()))?,
-        );
+        h.insert(X_GATEWAY_KEY_ID.clone(), id.clone());
     }
     if let Some(auth) = f.authorization {
         h.insert(AUTHORIZATION, auth.clone());
