@@ -1,6 +1,7 @@
 //! The one-worker runtime (`--workers 1` / `GATEWAY_WORKERS=1`, what the
-//! benchmark pins to one core) serves the same gateway: h1 and h2 on one
-//! thread, reload included. The other suites run the multi-thread runtime.
+//! benchmark pins to one core) is tokio's current-thread runtime — no worker
+//! threads at all — and serves the same gateway: h1 and h2 on one thread,
+//! reload included. The other suites run the multi-thread runtime.
 
 mod common;
 
@@ -13,6 +14,16 @@ async fn one_worker_serves_h1_h2_and_reloads() {
     let gw = conf
         .spawn_in(GatewaySetup::new().env("GATEWAY_WORKERS", "1"))
         .await;
+    // Current-thread: the main thread drives everything, no runtime workers
+    // (the multi-thread runtime with 2 workers, for contrast, has 2).
+    assert_eq!(runtime_workers(gw.pid()), 0);
+    let two = conf
+        .clone()
+        .spawn_in(GatewaySetup::new().env("GATEWAY_WORKERS", "2"))
+        .await;
+    assert_eq!(runtime_workers(two.pid()), 2);
+    drop(two);
+
     let auth = [("authorization", format!("Bearer {TOKEN_ACME}"))];
     let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
@@ -35,8 +46,12 @@ async fn one_worker_serves_h1_h2_and_reloads() {
         .render();
     gw.setup.write_config(&yaml);
     let start = gw.stdout.len();
-    let (status, _body) = admin_post(gw.admin(), "/reload").await;
-    assert_eq!(status, 200, "{_body}");
+    let r = gw
+        .admin_conn()
+        .await
+        .request(http::Method::POST, "/reload", &[], "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
     gw.wait_event_after(start, |e| e == "reload").await;
     let r = h1.get("/rest/people", &auth).await;
     assert_eq!(r.status, 401);
@@ -44,24 +59,12 @@ async fn one_worker_serves_h1_h2_and_reloads() {
     assert_eq!(h2.get("/rest/people", &auth).await.status, 401);
 }
 
-async fn admin_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("admin connect");
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("admin write");
-    let mut out = Vec::new();
-    within("admin response", s.read_to_end(&mut out))
-        .await
-        .expect("admin read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+/// Threads of the process named like tokio's runtime workers (`tokio-rt-worker`; the
+/// blocking pool uses the same name, but nothing has used it yet when this is called).
+fn runtime_workers(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("tokio-r"))
+        .count()
 }
