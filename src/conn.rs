@@ -227,7 +227,12 @@ fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Twice the limit: the pipeline answers lists between the limit and
+        // this with a JSON 431; only lists past it get the h2 crate's own
+        // bodiless 431 (SETTINGS_MAX_HEADER_LIST_SIZE tells clients this cap).
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        )
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256));
     b

@@ -71,6 +71,8 @@ pub enum GatewayError {
     RateLimited { retry_after: Duration },
     #[error("request body larger than max_request_body")]
     PayloadTooLarge,
+    #[error("request header list larger than max_header_bytes")]
+    HeadersTooLarge,
     #[error("upstream {kind}")]
     Upstream {
         kind: UpstreamFailure,
@@ -241,6 +243,7 @@ impl GatewayError {
             GatewayError::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -261,6 +264,7 @@ impl GatewayError {
             GatewayError::AuthThrottled { .. } => "TOO_MANY_AUTH_FAILURES",
             GatewayError::RateLimited { .. } => "RATE_LIMITED",
             GatewayError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            GatewayError::HeadersTooLarge => "BAD_REQUEST",
             GatewayError::Upstream { .. } => "BAD_GATEWAY",
             GatewayError::UpstreamTimeout => "GATEWAY_TIMEOUT",
             GatewayError::Internal(_) => "INTERNAL",
@@ -281,6 +285,7 @@ impl GatewayError {
             GatewayError::AuthThrottled { .. } => Outcome::AuthThrottled,
             GatewayError::RateLimited { .. } => Outcome::RateLimited,
             GatewayError::PayloadTooLarge => Outcome::PayloadTooLarge,
+            GatewayError::HeadersTooLarge => Outcome::BadRequest,
             GatewayError::Upstream { .. } => Outcome::UpstreamError,
             GatewayError::UpstreamTimeout => Outcome::UpstreamTimeout,
             GatewayError::Internal(_) => Outcome::Internal,
@@ -309,6 +314,7 @@ impl GatewayError {
             GatewayError::AuthThrottled { .. } => "Too many failed authentication attempts",
             GatewayError::RateLimited { .. } => "Rate limit exceeded",
             GatewayError::PayloadTooLarge => "Request body too large",
+            GatewayError::HeadersTooLarge => "Request headers too large",
             GatewayError::Upstream { .. } => "Upstream unavailable",
             GatewayError::UpstreamTimeout => "Upstream timed out",
             GatewayError::Internal(_) => "Internal error",

@@ -855,8 +855,9 @@ async fn h2_concurrent_streams_are_capped() {
     ));
 }
 
-/// A header list over `max_header_bytes` is refused on that stream (431) without reaching the
-/// upstream; under the limit it is served.
+/// A header list over `max_header_bytes` is refused on that stream without reaching the upstream:
+/// up to twice the limit with the gateway's JSON 431 (logged like every refusal), past that by the
+/// h2 codec (431, reset or GOAWAY); under the limit it is served.
 #[tokio::test]
 async fn h2_header_list_over_max_header_bytes_is_refused() {
     let up = spawn_upstream("core").await;
@@ -865,6 +866,7 @@ async fn h2_header_list_over_max_header_bytes_is_refused() {
     let a = auth();
     let small = "s".repeat(5000);
     let big = "b".repeat(12_000);
+    let huge = "h".repeat(20_000);
     let mut fields = H2::request_fields("/rest/h2-small", &[(b"authorization", a.as_bytes())]);
     fields.push((b"x-pad", small.as_bytes()));
     c.headers(1, &fields, false).await;
@@ -881,7 +883,26 @@ async fn h2_header_list_over_max_header_bytes_is_refused() {
     let mut fields = H2::request_fields("/rest/h2-big", &[(b"authorization", a.as_bytes())]);
     fields.push((b"x-pad", big.as_bytes()));
     c.headers(3, &fields, false).await;
-    let end = c.wait_stream(3).await;
+    let End::Response {
+        status: Some(431),
+        body,
+    } = c.wait_stream(3).await
+    else {
+        panic!("12 KB header list (limit 8 KiB, codec cap 16 KiB): the gateway's 431");
+    };
+    let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON 431 body");
+    assert_eq!(body["statusCode"], 431);
+    assert_eq!(body["error"], "BAD_REQUEST");
+    let id = body["requestId"].as_str().expect("requestId").to_string();
+    let line = gw.access_line(&id).await;
+    assert_eq!(line["status"], 431);
+    assert_eq!(line["outcome"], "bad_request");
+    assert!(c.goaway.is_none(), "the connection stays usable");
+    // past twice the limit the h2 codec refuses the list before it is decoded into a request
+    let mut fields = H2::request_fields("/rest/h2-huge", &[(b"authorization", a.as_bytes())]);
+    fields.push((b"x-pad", huge.as_bytes()));
+    c.headers(5, &fields, false).await;
+    let end = c.wait_stream(5).await;
     assert!(
         matches!(
             end,
@@ -891,9 +912,9 @@ async fn h2_header_list_over_max_header_bytes_is_refused() {
             } | End::Reset(_)
                 | End::GoAway(_)
         ),
-        "12 KB header list: {end:?}"
+        "20 KB header list: {end:?}"
     );
-    // many small fields adding up
+    // many small fields adding up (200 × 95 B counted: past the codec cap too)
     if c.goaway.is_some() || c.eof {
         c = H2::connect(&gw).await;
     }
@@ -905,8 +926,8 @@ async fn h2_header_list_over_max_header_bytes_is_refused() {
             b"vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv",
         ));
     }
-    c.headers(5, &fields, false).await;
-    let end = c.wait_stream(5).await;
+    c.headers(7, &fields, false).await;
+    let end = c.wait_stream(7).await;
     assert!(
         matches!(
             end,
