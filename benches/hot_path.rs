@@ -86,6 +86,7 @@ fn bench(c: &mut Criterion) {
     let host = HeaderValue::from_static("acme.localhost");
     let rid = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
     let client_ip: IpAddr = "192.0.2.7".parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let client_ip_header = twenty_gateway::proxy::peer_header(client_ip);
     c.bench_function("upstream/rewrite_request", |b| {
         b.iter_batched(
             || {
@@ -107,6 +108,7 @@ fn bench(c: &mut Criterion) {
                     upstream,
                     &Forwarding {
                         client_ip,
+                        client_ip_header: Some(&client_ip_header),
                         proto: "https",
                         host: &host,
                         request_id: &rid,

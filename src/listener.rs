@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Listen;
-use crate::conn::{self, Activity};
+use crate::conn;
 use crate::metrics::ConnectionGuard;
 use crate::proxy::{ConnInfo, TlsInfo};
 use crate::state::Gateway;
@@ -109,11 +109,7 @@ async fn serve_connection(
     let limits = gw.current().config.limits.clone();
     match tls {
         None => {
-            let info = Arc::new(ConnInfo {
-                peer,
-                tls: None,
-                activity: Activity::default(),
-            });
+            let info = Arc::new(ConnInfo::new(peer, None));
             conn::serve(gw, tcp, None, info, &limits, drain).await;
         }
         Some(acceptor) => {
@@ -142,11 +138,7 @@ async fn serve_connection(
             };
             let sni = stream.get_ref().1.server_name().map(str::to_owned);
             let cert = gw.current().config.certs.select(sni.as_deref()).cloned();
-            let info = Arc::new(ConnInfo {
-                peer,
-                tls: Some(TlsInfo { sni, cert }),
-                activity: Activity::default(),
-            });
+            let info = Arc::new(ConnInfo::new(peer, Some(TlsInfo { sni, cert })));
             // HTTP/2 over TLS is chosen by ALPN only (RFC 9113 §3.3).
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
             conn::serve(gw, stream, Some(h2), info, &limits, drain).await;

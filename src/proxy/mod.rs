@@ -36,6 +36,9 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as a header value, made once per connection: the
+    /// `X-Forwarded-For` of every request that arrives without one.
+    pub peer_header: HeaderValue,
     pub tls: Option<TlsInfo>,
     pub activity: Activity,
 }
@@ -62,8 +65,26 @@ fn sane_request_id(v: &HeaderValue) -> bool {
 
 /// 32 random hex characters.
 pub fn new_request_id() -> HeaderValue {
-    let id = hex::encode(rand::random::<[u8; 16]>());
-    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut hex = [0u8; 32];
+    // Cannot fail: the buffer is exactly twice the input's length.
+    let _ = hex::encode_to_slice(rand::random::<[u8; 16]>(), &mut hex);
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: Option<TlsInfo>) -> Self {
+        ConnInfo {
+            peer,
+            peer_header: peer_header(peer.ip()),
+            tls,
+            activity: Activity::default(),
+        }
+    }
+}
+
+/// An address as a header value (digits, dots, colons, hex: always valid).
+pub fn peer_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The client's address: the TCP peer, unless the peer is a trusted proxy —

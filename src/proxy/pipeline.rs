@@ -167,6 +167,9 @@ pub async fn run(
         upstream,
         &Forwarding {
             client_ip: ctx.finish.record.client_ip,
+            // The usual case (no trusted proxy in front): made once per connection.
+            client_ip_header: (ctx.finish.record.client_ip == conn.peer.ip())
+                .then_some(&conn.peer_header),
             proto: if conn.tls.is_some() { "https" } else { "http" },
             host: &host.raw,
             request_id: &ctx.finish.record.request_id,

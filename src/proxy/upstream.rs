@@ -28,18 +28,6 @@ pub static X_GATEWAY_TENANT: HeaderName = HeaderName::from_static("x-gateway-ten
 pub static X_GATEWAY_KEY_ID: HeaderName = HeaderName::from_static("x-gateway-key-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
-/// Headers a `Connection` list can never remove: the credential, the host,
-/// and everything the gateway sets itself.
-fn protected(name: &HeaderName) -> bool {
-    name == AUTHORIZATION
-        || name == HOST
-        || name == X_FORWARDED_FOR
-        || name == X_FORWARDED_PROTO
-        || name == X_FORWARDED_HOST
-        || name == X_REQUEST_ID
-        || name.as_str().starts_with("x-gateway-")
-}
-
 fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
@@ -55,36 +43,70 @@ pub fn is_websocket_upgrade(version: Version, headers: &HeaderMap) -> bool {
         && has_token(headers, &CONNECTION, "upgrade")
 }
 
+/// The hop-by-hop headers RFC 9110 §7.6.1 lists besides `Connection`.
+static HOP_BY_HOP: [&HeaderName; 5] = [&KEEP_ALIVE, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE];
+
 /// Remove hop-by-hop headers: those named in `Connection` (unless
 /// protected), the standard list, and every `Proxy-*`. With `upgrade`, keeps
 /// `Upgrade` and sets `Connection: upgrade` so the handshake passes.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
+    // One pass over the names, then removals only for what is there: most
+    // messages carry nothing here or just `Connection: keep-alive`, and a
+    // hashed removal costs more than a look at each name.
+    let (mut connection, mut present, mut proxy) = (false, [false; HOP_BY_HOP.len()], false);
+    for name in headers.keys() {
+        if name == CONNECTION {
+            connection = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present[i] = true;
+        } else if name.as_str().starts_with("proxy-") {
+            proxy = true;
+        }
+    }
+    if connection {
+        let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+        headers.remove(CONNECTION);
+        for token in values
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            let keep = protected(&name) || (upgrade && name == UPGRADE);
-            if !keep {
-                headers.remove(&name);
+            .map(str::trim)
+        {
+            let keep = protected_name(token) || (upgrade && token.eq_ignore_ascii_case("upgrade"));
+            // A token that is not a header name matches nothing.
+            if !keep && !token.is_empty() {
+                headers.remove(token);
             }
         }
-        headers.remove(CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(TE);
-    headers.remove(TRAILER);
-    headers.remove(TRANSFER_ENCODING);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present && !(upgrade && **name == UPGRADE) {
+            headers.remove(*name);
+        }
+    }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
-    remove_prefixed(headers, "proxy-");
+    if proxy {
+        remove_prefixed(headers, "proxy-");
+    }
+}
+
+/// Headers a `Connection` list can never remove: the credential, the host,
+/// and everything the gateway sets itself (`token` as written, any case).
+fn protected_name(token: &str) -> bool {
+    const FIXED: [&str; 6] = [
+        "authorization",
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+    ];
+    FIXED.iter().any(|n| token.eq_ignore_ascii_case(n))
+        || token
+            .get(..10)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-gateway-"))
 }
 
 /// Remove every header whose (lowercase) name starts with `prefix`;
@@ -105,6 +127,8 @@ fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
 /// What the gateway adds to a request it forwards.
 pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
+    /// `client_ip` as a header value, when the caller has it at hand.
+    pub client_ip_header: Option<&'a HeaderValue>,
     pub proto: &'static str,
     pub host: &'a HeaderValue,
     pub request_id: &'a HeaderValue,
@@ -128,22 +152,25 @@ pub fn rewrite_request(
     // tenants and keys.
     remove_prefixed(h, "x-gateway-");
 
-    let mut xff = String::new();
-    for v in h.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                xff.push_str(s);
-                xff.push_str(", ");
+    let xff = match (h.contains_key(&X_FORWARDED_FOR), f.client_ip_header) {
+        (false, Some(ip)) => ip.clone(),
+        _ => {
+            let mut xff = String::new();
+            for v in h.get_all(&X_FORWARDED_FOR) {
+                if let Ok(s) = v.to_str() {
+                    let s = s.trim();
+                    if !s.is_empty() {
+                        xff.push_str(s);
+                        xff.push_str(", ");
+                    }
+                }
             }
+            use std::fmt::Write;
+            let _ = write!(xff, "{}", f.client_ip);
+            HeaderValue::try_from(xff).map_err(|e| GatewayError::Internal(e.into()))?
         }
-    }
-    use std::fmt::Write;
-    let _ = write!(xff, "{}", f.client_ip);
-    h.insert(
-        X_FORWARDED_FOR.clone(),
-        HeaderValue::try_from(xff).map_err(|e| GatewayError::Internal(e.into()))?,
-    );
+    };
+    h.insert(X_FORWARDED_FOR.clone(), xff);
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.proto));
     h.insert(X_FORWARDED_HOST.clone(), f.host.clone());
     h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
@@ -265,6 +292,12 @@ pub fn spawn_tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
 mod tests {
     use super::*;
 
+    fn sorted_names(h: &HeaderMap) -> Vec<String> {
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn connection_cannot_remove_protected_headers() {
         let mut h = HeaderMap::new();
@@ -284,9 +317,32 @@ mod tests {
         h.insert(TE, HeaderValue::from_static("trailers"));
         h.insert(UPGRADE, HeaderValue::from_static("h2c"));
         strip_hop_by_hop(&mut h, false);
-        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
-        left.sort();
+        let left = sorted_names(&h);
         assert_eq!(left, ["authorization", "host", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn connection_tokens_match_any_case_and_plain_messages_are_untouched() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("X-Custom , X-GATEWAY-KEY-ID,,not a name"),
+        );
+        h.append(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("x-gateway-key-id", HeaderValue::from_static("k"));
+        h.insert("proxy-connection", HeaderValue::from_static("x"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        let left = sorted_names(&h);
+        assert_eq!(left, ["accept", "x-gateway-key-id"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert("accept", HeaderValue::from_static("*/*"));
+        plain.insert(HOST, HeaderValue::from_static("acme.localhost"));
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain, before);
     }
 
     #[test]
