@@ -82,7 +82,6 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("ratelimit/check", |b| b.iter(|| limiter.check()));
 
-    let upstream = &cfg.tenants[0].route_upstreams[0];
     let host = HeaderValue::from_static("acme.localhost");
     let rid = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
     let client_ip: IpAddr = "192.0.2.7".parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
@@ -105,7 +104,6 @@ fn bench(c: &mut Criterion) {
             |mut parts| {
                 let _ = rewrite_request(
                     &mut parts,
-                    upstream,
                     &Forwarding {
                         client_ip,
                         client_ip_header: Some(&client_ip_header),

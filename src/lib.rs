@@ -147,7 +147,8 @@ pub async fn serve(
 }
 
 /// Periodic upkeep: forget idle auth-failure counters so the brake's memory
-/// follows the attack, not the history.
+/// follows the attack, not the history; close upstream connections idle too
+/// long.
 async fn housekeeping(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
@@ -155,5 +156,6 @@ async fn housekeeping(gw: Arc<Gateway>) {
         if let Some(brake) = &gw.current().brake {
             brake.housekeeping();
         }
+        gw.upstream.prune_idle();
     }
 }

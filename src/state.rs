@@ -14,7 +14,7 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::ratelimit::{AuthBrake, Limiter, LimiterRegistry, Owner, policy_field};
-use crate::proxy::upstream::UpstreamClient;
+use crate::proxy::upstream::{Pool, UpstreamClient};
 
 /// One immutable, consistent world: a request loads it once at its start.
 pub struct Snapshot {
@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub key_policies: Vec<Option<HeaderValue>>,
     /// Per tenant: the aggregate limiter, if the tenant sets `rate`.
     pub tenant_limiters: Vec<Option<Arc<Limiter>>>,
+    /// The connection pool of each tenant's route upstream (same indexes as
+    /// `Tenant::route_upstreams`).
+    pub upstream_pools: Vec<Vec<Arc<Pool>>>,
     pub brake: Option<Arc<AuthBrake>>,
 }
 
@@ -49,7 +52,7 @@ impl Gateway {
         let upstream = UpstreamClient::new(&config.limits);
         let limiters = LimiterRegistry::default();
         let config_path = config.path.clone();
-        let (snapshot, used) = build_snapshot(config, 1, &limiters, None);
+        let (snapshot, used) = build_snapshot(config, 1, &limiters, &upstream, None);
         limiters.retain(&used);
         let metrics = Metrics::new();
         metrics.config_generation.set(1);
@@ -76,7 +79,13 @@ impl Gateway {
     pub fn install(&self, config: Config) -> Arc<Snapshot> {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let old_brake = self.snapshot.load().brake.clone();
-        let (snapshot, used) = build_snapshot(config, generation, &self.limiters, old_brake);
+        let (snapshot, used) = build_snapshot(
+            config,
+            generation,
+            &self.limiters,
+            &self.upstream,
+            old_brake,
+        );
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         self.limiters.retain(&used);
@@ -88,6 +97,7 @@ fn build_snapshot(
     config: Config,
     generation: u64,
     registry: &LimiterRegistry,
+    upstream: &UpstreamClient,
     old_brake: Option<Arc<AuthBrake>>,
 ) -> (Snapshot, HashSet<(Owner, crate::config::Rate)>) {
     let mut used = HashSet::new();
@@ -114,6 +124,16 @@ fn build_snapshot(
         key_policies
             .push(policy_field(key.rate, tenant_rate).and_then(|s| HeaderValue::try_from(s).ok()));
     }
+    let upstream_pools = config
+        .tenants
+        .iter()
+        .map(|t| {
+            t.route_upstreams
+                .iter()
+                .map(|u| upstream.pool(&u.authority))
+                .collect()
+        })
+        .collect();
     let brake = config
         .limits
         .auth_failures_per_ip
@@ -128,6 +148,7 @@ fn build_snapshot(
             key_limiters,
             key_policies,
             tenant_limiters,
+            upstream_pools,
             brake,
         },
         used,

@@ -164,7 +164,6 @@ pub async fn run(
     let client_upgrade = websocket.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     rewrite_request(
         &mut parts,
-        upstream,
         &Forwarding {
             client_ip: ctx.finish.record.client_ip,
             // The usual case (no trusted proxy in front): made once per connection.
@@ -183,7 +182,11 @@ pub async fn run(
     let started = Instant::now();
     let sent = gw
         .upstream
-        .send(upstream_req, cfg.limits.upstream_timeout)
+        .send(
+            &snap.upstream_pools[tenant_id][route_idx],
+            upstream_req,
+            cfg.limits.upstream_timeout,
+        )
         .await;
     ctx.finish.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let mut resp = sent?;

@@ -2,22 +2,24 @@
 //! in), the pooled keep-alive client, error classification, and WebSocket
 //! tunnelling once the upstream has answered 101.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::header::{
     AUTHORIZATION, CONNECTION, EXPECT, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::body::{BodyTooLarge, ClientBodyError, RequestBody};
-use crate::config::{Limits, Upstream};
+use crate::config::Limits;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -139,11 +141,7 @@ pub struct Forwarding<'a> {
 }
 
 /// Turn the client's request head into the upstream's.
-pub fn rewrite_request(
-    parts: &mut Parts,
-    upstream: &Upstream,
-    f: &Forwarding<'_>,
-) -> Result<(), GatewayError> {
+pub fn rewrite_request(parts: &mut Parts, f: &Forwarding<'_>) -> Result<(), GatewayError> {
     let h = &mut parts.headers;
     strip_hop_by_hop(h, f.websocket);
     // The gateway answers `Expect: 100-continue` itself.
@@ -186,17 +184,14 @@ pub fn rewrite_request(
         h.insert(HOST, f.host.clone());
     }
 
+    // Origin form: the connection already goes to the upstream, and the path
+    // and query go byte for byte.
     let path = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(upstream.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| GatewayError::Internal(e.into()))?;
+    parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
     Ok(())
 }
@@ -207,42 +202,193 @@ pub fn rewrite_response(resp: &mut Response<Incoming>) {
     strip_hop_by_hop(resp.headers_mut(), upgrade);
 }
 
-/// The pooled keep-alive HTTP/1.1 client shared by all requests.
+/// Idle keep-alive connections kept per upstream; more are closed.
+const MAX_IDLE_PER_UPSTREAM: usize = 1024;
+/// An idle pooled connection is closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// TCP keepalive probes on upstream connections start after this long idle.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// One upstream's idle keep-alive HTTP/1.1 connections, most recently used
+/// last. Each connection's I/O runs in its own task; the pool holds the
+/// sending halves.
+pub struct Pool {
+    authority: Authority,
+    idle: Mutex<Vec<(Instant, SendRequest<RequestBody>)>>,
+}
+
+impl Pool {
+    /// A ready idle connection, newest first; closed ones are dropped.
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((_, sender)) = idle.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Back to the pool once the exchange is over (response body read to
+    /// the end, so the connection can carry the next request); a connection
+    /// that closes or is upgraded instead is dropped.
+    fn recycle(self: &Arc<Self>, mut sender: SendRequest<RequestBody>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < MAX_IDLE_PER_UPSTREAM {
+                    idle.push((Instant::now(), sender));
+                }
+            }
+        });
+    }
+
+    /// Close connections idle for longer than [`IDLE_TIMEOUT`] or closed by
+    /// the upstream.
+    fn prune(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(since, sender)| {
+            !sender.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
+        });
+    }
+}
+
+/// The upstream client: one [`Pool`] per upstream address, shared by every
+/// config generation that names it (a reload keeps the warm connections).
 pub struct UpstreamClient {
-    client: Client<HttpConnector, RequestBody>,
+    pools: Mutex<HashMap<Authority, Arc<Pool>>>,
+    connect_timeout: Duration,
 }
 
 impl UpstreamClient {
     pub fn new(limits: &Limits) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(limits.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
-        UpstreamClient { client }
+        UpstreamClient {
+            pools: Mutex::default(),
+            connect_timeout: limits.connect_timeout,
+        }
     }
 
-    /// Send the request; the response *head* must arrive within `timeout`.
-    /// The body then streams for as long as it lasts (SSE).
+    /// The pool for an upstream address (looked up when a config is
+    /// installed, not per request).
+    pub fn pool(&self, authority: &Authority) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(authority.clone())
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    authority: authority.clone(),
+                    idle: Mutex::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Periodic upkeep: close idle connections past their time.
+    pub fn prune_idle(&self) {
+        let now = Instant::now();
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for pool in pools {
+            pool.prune(now);
+        }
+    }
+
+    /// Send the request; the response *head* must arrive within `timeout`
+    /// (connecting included). The body then streams for as long as it
+    /// lasts (SSE).
     pub async fn send(
         &self,
+        pool: &Arc<Pool>,
         req: http::Request<RequestBody>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        match tokio::time::timeout(timeout, self.exchange(pool, req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(e)),
+            Ok(result) => result,
         }
+    }
+
+    async fn exchange(
+        &self,
+        pool: &Arc<Pool>,
+        mut req: http::Request<RequestBody>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        if let Some(mut sender) = pool.checkout() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    pool.recycle(sender);
+                    return Ok(resp);
+                }
+                // The upstream closed this idle connection before the
+                // request went out: hyper hands it back untouched, and it
+                // goes once more, on a fresh connection.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(classify(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(&pool.authority).await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                pool.recycle(sender);
+                Ok(resp)
+            }
+            Err(e) => Err(classify(e.into_error())),
+        }
+    }
+
+    async fn connect(
+        &self,
+        authority: &Authority,
+    ) -> Result<SendRequest<RequestBody>, GatewayError> {
+        let connect_failed = |e: std::io::Error| GatewayError::Upstream {
+            kind: UpstreamFailure::Connect,
+            source: Box::new(e),
+        };
+        // `[::1]` in a URL is `::1` to the resolver.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(80);
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| {
+                connect_failed(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect_timeout elapsed",
+                ))
+            })?
+            .map_err(connect_failed)?;
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| GatewayError::Upstream {
+                kind: UpstreamFailure::Connect,
+                source: Box::new(e),
+            })?;
+        tokio::spawn(async move {
+            // Ends when either side closes; `with_upgrades` hands a
+            // WebSocket's connection to the tunnel.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection closed with error");
+            }
+        });
+        Ok(sender)
     }
 }
 
-fn classify(e: hyper_util::client::legacy::Error) -> GatewayError {
+fn classify(e: hyper::Error) -> GatewayError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
         if s.is::<BodyTooLarge>() {
@@ -253,13 +399,8 @@ fn classify(e: hyper_util::client::legacy::Error) -> GatewayError {
         }
         source = s.source();
     }
-    let kind = if e.is_connect() {
-        UpstreamFailure::Connect
-    } else {
-        UpstreamFailure::Reset
-    };
     GatewayError::Upstream {
-        kind,
+        kind: UpstreamFailure::Reset,
         source: Box::new(e),
     }
 }
