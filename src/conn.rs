@@ -398,7 +398,10 @@ async fn serve_h2<T: Transport>(
     mut drain: Drain,
 ) {
     let svc_info = info.clone();
-    let svc = service_fn(move |req| proxy::handle(gw.clone(), svc_info.clone(), req));
+    // Boxed: hyper spawns a task per stream around this ~2 KiB future and
+    // would copy it several times on the way (callgrind: 76.6k -> 75.0k
+    // instructions per HTTP/2 request).
+    let svc = service_fn(move |req| Box::pin(proxy::handle(gw.clone(), svc_info.clone(), req)));
     let mut conn = Box::pin(http2_builder(limits).serve_connection(TokioIo::new(io), svc));
     let mut clock = IdleClock::new(limits, false);
     let timer = tokio::time::sleep_until(clock.restart());
