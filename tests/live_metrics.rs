@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::*;
-use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
@@ -543,11 +542,7 @@ async fn metrics_parse_and_counters_move_with_traffic() {
     }
     assert_eq!(gw.outcome(&ids[5]).await, "upstream_error");
 
-    let r = gw
-        .admin_conn()
-        .await
-        .request(Method::POST, "/reload", &[], "")
-        .await;
+    let r = gw.admin_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     let s1 = scrape(&gw).await;

@@ -11,7 +11,6 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use http::Method;
 use serde_json::{Map, Value};
 
 const TOKEN_GAMMA: &str = "tgw_test_gamma_ci_0123456789abcdef";
@@ -57,19 +56,6 @@ fn reload_event(trigger: &'static str) -> impl Fn(&Map<String, Value>) -> bool {
     move |m| str_field(m, "event") == Some("reload") && str_field(m, "trigger") == Some(trigger)
 }
 
-async fn admin_reload(gw: &Gateway) -> Resp {
-    gw.admin_conn()
-        .await
-        .request(Method::POST, "/reload", &[], "")
-        .await
-}
-
-async fn metrics_text(gw: &Gateway) -> String {
-    let r = gw.admin_conn().await.get("/metrics", &[]).await;
-    assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
-    r.text()
-}
-
 /// Value of one exposition line `series value` (series = name plus its `{labels}` exactly as
 /// exposed); None when the series is absent.
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -84,13 +70,13 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 async fn generation(gw: &Gateway) -> f64 {
-    let t = metrics_text(gw).await;
+    let t = gw.metrics_text().await;
     sample(&t, "gateway_config_generation")
         .unwrap_or_else(|| panic!("gateway_config_generation missing:\n{t}"))
 }
 
 async fn reloads(gw: &Gateway, result: &str) -> f64 {
-    let t = metrics_text(gw).await;
+    let t = gw.metrics_text().await;
     sample(
         &t,
         &format!("gateway_config_reloads_total{{result=\"{result}\"}}"),
@@ -270,7 +256,7 @@ async fn invalid_config_is_refused_with_paths_and_old_config_keeps_serving() {
     ));
     let start = gw.stdout.len();
     gw.replace_config(&bad.render());
-    let r = admin_reload(&gw).await;
+    let r = gw.admin_reload().await;
     assert_eq!(
         r.status,
         400,
@@ -357,7 +343,7 @@ async fn reload_with_a_misspelt_field_is_refused() {
         key_yaml("beta-ci", "beta", TOKEN_BETA, ""),
     ));
     gw.replace_config(&typo.render());
-    let r = admin_reload(&gw).await;
+    let r = gw.admin_reload().await;
     assert_eq!(r.status, 400, "{}", r.text());
     let j = r.json();
     assert_eq!(j["status"], "error", "{j}");
@@ -405,7 +391,7 @@ async fn reload_keeps_spent_burst_and_a_changed_quota_starts_fresh() {
         "{DEFAULT_TENANTS}  - name: gamma\n    subdomain: gamma\n"
     ));
     gw.replace_config(&unrelated.render());
-    let r = admin_reload(&gw).await;
+    let r = gw.admin_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json()["tenants"],
@@ -429,7 +415,7 @@ async fn reload_keeps_spent_burst_and_a_changed_quota_starts_fresh() {
         .clone()
         .keys(&acme_rate_keys("{ requests: 1, per: 1h, burst: 3 }"));
     gw.replace_config(&changed.render());
-    let r = admin_reload(&gw).await;
+    let r = gw.admin_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
     let mut c = gw.h1("acme.gw.test").await;
     let (r, id) = get_people(&mut c, TOKEN_ACME).await;
@@ -496,7 +482,7 @@ async fn reload_adds_tenant_with_its_own_certificate() {
     next.certificates
         .push("{ cert: certs/new.crt, key: certs/new.key }".into());
     gw.replace_config(&next.render());
-    let r = admin_reload(&gw).await;
+    let r = gw.admin_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     // After: the handshake for new.example gets the new certificate (full webpki check).

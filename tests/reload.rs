@@ -4,16 +4,10 @@
 mod common;
 
 use common::*;
-use http::Method;
 
 /// An event name that means "a reload succeeded".
 fn is_reload_ok(e: &str) -> bool {
     e.contains("reload") && !e.contains("fail") && !e.contains("error") && !e.contains("ignored")
-}
-
-async fn admin_reload(gw: &Gateway) -> Resp {
-    let mut c = gw.admin_conn().await;
-    c.request(Method::POST, "/reload", &[], "").await
 }
 
 #[tokio::test]
@@ -52,7 +46,7 @@ async fn reload_swaps_certificates_for_new_connections() {
         "{ cert: certs/one.crt, key: certs/one.key }".into(),
     ];
     gw.replace_config(&conf.render());
-    assert_eq!(admin_reload(&gw).await.status, 200);
+    assert_eq!(gw.admin_reload().await.status, 200);
     let (_, info) = tls_connect(gw.https(), &TlsOpts::h1("x").no_sni()).await;
     assert_eq!(
         info.dns_names(),

@@ -46,11 +46,7 @@ async fn one_worker_serves_h1_h2_and_reloads() {
         .render();
     gw.setup.write_config(&yaml);
     let start = gw.stdout.len();
-    let r = gw
-        .admin_conn()
-        .await
-        .request(http::Method::POST, "/reload", &[], "")
-        .await;
+    let r = gw.admin_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
     gw.wait_event_after(start, |e| e == "reload").await;
     let r = h1.get("/rest/people", &auth).await;

@@ -1553,7 +1553,17 @@ impl Gateway {
 
     /// `GET /metrics` on the admin listener.
     pub async fn metrics_text(&self) -> String {
-        self.admin_conn().await.get("/metrics", &[]).await.text()
+        let r = self.admin_conn().await.get("/metrics", &[]).await;
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
+        r.text()
+    }
+
+    /// `POST /reload` on the admin listener.
+    pub async fn admin_reload(&self) -> Resp {
+        self.admin_conn()
+            .await
+            .request(http::Method::POST, "/reload", &[], "")
+            .await
     }
 
     /// Scrape until the sample starting with `line_prefix` satisfies `pred` (metrics move
