@@ -89,6 +89,7 @@ impl Gateway {
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         self.limiters.retain(&used);
+        self.upstream.retain(&snapshot.upstream_pools);
         snapshot
     }
 }

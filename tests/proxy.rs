@@ -726,6 +726,47 @@ async fn upstream_connections_are_kept_alive() {
     );
 }
 
+/// A reload installs a new snapshot but not a new upstream pool: the warm connection carries the
+/// next request (the pool is looked up by address when the config is installed).
+#[tokio::test]
+async fn a_reload_keeps_the_warm_upstream_connection() {
+    let up = spawn_upstream("core").await;
+    let gw = Conf::one(&up).with_admin().spawn().await;
+    let mut c = gw.h1("acme.gw.test").await;
+    let token = acme();
+    let auth = [("authorization", token.as_str())];
+    for _ in 0..2 {
+        assert_eq!(c.get("/rest/people", &auth).await.status, 200);
+    }
+    let before: Vec<u16> = up
+        .wait_requests(2)
+        .await
+        .iter()
+        .map(|r| r.peer.port())
+        .collect();
+    assert_eq!(
+        before[0], before[1],
+        "the second request reused the pooled connection"
+    );
+
+    let start = gw.stdout.len();
+    let r = gw.admin_reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    gw.wait_event_after(start, |e| e == "reload").await;
+    assert_eq!(
+        metric(&gw.metrics_text().await, "gateway_config_generation "),
+        2.0,
+        "a new snapshot was installed"
+    );
+
+    assert_eq!(c.get("/rest/people", &auth).await.status, 200);
+    let after = up.wait_requests(3).await[2].peer.port();
+    assert_eq!(
+        after, before[1],
+        "a new pool after the reload opened a new connection"
+    );
+}
+
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_never_forwarded_ambiguously() {
     let up = spawn_upstream("core").await;

@@ -580,7 +580,6 @@ fn validate_keys(
     table
 }
 
-/// Names that travel in headers and log fields: 1-128 visible ASCII.
 /// A tenant name or key id as the header value the gateway sends upstream.
 /// Names that are not header-safe are reported as config errors; the
 /// placeholder only keeps the (rejected) config buildable.
@@ -588,6 +587,7 @@ fn header_value(name: &str) -> HeaderValue {
     HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("-"))
 }
 
+/// Names that travel in headers and log fields: 1-128 visible ASCII.
 fn header_safe(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }

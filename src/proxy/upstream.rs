@@ -2,7 +2,7 @@
 //! in), the pooled keep-alive client, error classification, and WebSocket
 //! tunnelling once the upstream has answered 101.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,13 +14,14 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::{BodyTooLarge, ClientBodyError, RequestBody};
 use crate::config::Limits;
-use crate::error::{BadRequest, GatewayError, UpstreamFailure};
+use crate::error::{BadRequest, BoxError, GatewayError, UpstreamFailure};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -97,19 +98,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Headers a `Connection` list can never remove: the credential, the host,
 /// and everything the gateway sets itself (`token` as written, any case).
 fn protected_name(token: &str) -> bool {
-    const FIXED: [&str; 6] = [
-        "authorization",
-        "host",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-request-id",
+    let fixed = [
+        &AUTHORIZATION,
+        &HOST,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_REQUEST_ID,
     ];
-    FIXED.iter().any(|n| token.eq_ignore_ascii_case(n))
+    fixed.iter().any(|n| token.eq_ignore_ascii_case(n.as_str()))
         || token
-            .get(..10)
-            .is_some_and(|p| p.eq_ignore_ascii_case("x-gateway-"))
+            .get(..GATEWAY_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(GATEWAY_PREFIX))
 }
+
+/// Headers only the gateway may set.
+const GATEWAY_PREFIX: &str = "x-gateway-";
 
 /// Remove every header whose (lowercase) name starts with `prefix`;
 /// allocation-free when there is none.
@@ -148,7 +152,7 @@ pub fn rewrite_request(parts: &mut Parts, f: &Forwarding<'_>) -> Result<(), Gate
     h.remove(EXPECT);
     // Client-sent X-Gateway-* never reach Twenty: only the gateway speaks for
     // tenants and keys.
-    remove_prefixed(h, "x-gateway-");
+    remove_prefixed(h, GATEWAY_PREFIX);
 
     let xff = match (h.contains_key(&X_FORWARDED_FOR), f.client_ip_header) {
         (false, Some(ip)) => ip.clone(),
@@ -229,6 +233,17 @@ impl Pool {
         None
     }
 
+    /// Send on `sender`; it returns to the pool when the exchange is over.
+    async fn send_on(
+        self: &Arc<Self>,
+        mut sender: SendRequest<RequestBody>,
+        req: http::Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<http::Request<RequestBody>>> {
+        let resp = sender.try_send_request(req).await?;
+        self.recycle(sender);
+        Ok(resp)
+    }
+
     /// Back to the pool once the exchange is over (response body read to
     /// the end, so the connection can carry the next request); a connection
     /// that closes or is upgraded instead is dropped.
@@ -284,6 +299,16 @@ impl UpstreamClient {
             .clone()
     }
 
+    /// Forget the pools no installed config names any more; their idle
+    /// connections close when the last request still using them ends.
+    pub fn retain(&self, in_use: &[Vec<Arc<Pool>>]) {
+        let used: HashSet<&Authority> = in_use.iter().flatten().map(|p| &p.authority).collect();
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|authority, _| used.contains(authority));
+    }
+
     /// Periodic upkeep: close idle connections past their time.
     pub fn prune_idle(&self) {
         let now = Instant::now();
@@ -319,12 +344,9 @@ impl UpstreamClient {
         pool: &Arc<Pool>,
         mut req: http::Request<RequestBody>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        if let Some(mut sender) = pool.checkout() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    pool.recycle(sender);
-                    return Ok(resp);
-                }
+        if let Some(sender) = pool.checkout() {
+            match pool.send_on(sender, req).await {
+                Ok(resp) => return Ok(resp),
                 // The upstream closed this idle connection before the
                 // request went out: hyper hands it back untouched, and it
                 // goes once more, on a fresh connection.
@@ -334,23 +356,19 @@ impl UpstreamClient {
                 },
             }
         }
-        let mut sender = self.connect(&pool.authority).await?;
-        match sender.try_send_request(req).await {
-            Ok(resp) => {
-                pool.recycle(sender);
-                Ok(resp)
-            }
-            Err(e) => Err(classify(e.into_error())),
-        }
+        let sender = self.connect(&pool.authority).await?;
+        pool.send_on(sender, req)
+            .await
+            .map_err(|e| classify(e.into_error()))
     }
 
     async fn connect(
         &self,
         authority: &Authority,
     ) -> Result<SendRequest<RequestBody>, GatewayError> {
-        let connect_failed = |e: std::io::Error| GatewayError::Upstream {
+        let connect_failed = |e: BoxError| GatewayError::Upstream {
             kind: UpstreamFailure::Connect,
-            source: Box::new(e),
+            source: e,
         };
         // `[::1]` in a URL is `::1` to the resolver.
         let host = authority
@@ -360,23 +378,15 @@ impl UpstreamClient {
         let port = authority.port_u16().unwrap_or(80);
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
             .await
-            .map_err(|_| {
-                connect_failed(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect_timeout elapsed",
-                ))
-            })?
-            .map_err(connect_failed)?;
+            .map_err(|_| connect_failed("connect_timeout elapsed".into()))?
+            .map_err(|e| connect_failed(e.into()))?;
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| GatewayError::Upstream {
-                kind: UpstreamFailure::Connect,
-                source: Box::new(e),
-            })?;
+            .map_err(|e| connect_failed(e.into()))?;
         tokio::spawn(async move {
             // Ends when either side closes; `with_upgrades` hands a
             // WebSocket's connection to the tunnel.
