@@ -14,7 +14,8 @@
 # plus the top functions. Kernel work (system calls, TCP) is not counted: callgrind sees user space
 # only, and valgrind's CPU lacks SHA-NI, so sha2 (the key hash) shows its software fallback
 # (~3.5k instructions) where the real CPU spends ~0.3k. Needs bench/setup.sh (certs, nginx, h2load)
-# and valgrind (installed if missing). KEEP=path keeps the callgrind output for callgrind_annotate.
+# and valgrind (installed if missing). KEEP=path keeps the callgrind output for callgrind_annotate;
+# GATEWAY_BIN=path measures that binary instead of building target/release (A/B of two builds).
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
@@ -25,7 +26,8 @@ say() { echo "callgrind.sh: $*" >&2; }
 
 command -v valgrind >/dev/null || { say "installing valgrind"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >&2; }
 [[ -f "$BENCH/certs/server.crt" ]] || "$BENCH/setup.sh"
-(cd "$ROOT" && cargo build --release -q)
+BIN="${GATEWAY_BIN:-}"
+[[ -n "$BIN" ]] || { (cd "$ROOT" && cargo build --release -q); BIN="$ROOT/target/release/twenty-gateway"; }
 
 WORK="$(mktemp -d /tmp/gw-callgrind.XXXXXX)"
 PIDS=()
@@ -83,7 +85,7 @@ EOF
 nginx -p "$WORK" -c "$WORK/upstream.conf" -g "daemon off;" >/dev/null 2>&1 &
 PIDS+=($!)
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
-  "$ROOT/target/release/twenty-gateway" --config "$WORK/gateway.yaml" --workers 1 >"$WORK/gateway.log" 2>&1 &
+  "$BIN" --config "$WORK/gateway.yaml" --workers 1 >"$WORK/gateway.log" 2>&1 &
 VG=$!
 PIDS+=("$VG")
 for _ in $(seq 1 100); do

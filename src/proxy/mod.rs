@@ -183,19 +183,54 @@ pub async fn handle(
         }
     };
     ctx.finish.record.status = resp.status().as_u16();
-    let headers = resp.headers_mut();
-    headers.insert(X_REQUEST_ID.clone(), ctx.finish.record.request_id.clone());
-    if let Some((policy, state)) = ctx.rate_headers {
+    stamp_response(
+        resp.headers_mut(),
+        &ctx.finish.record.request_id,
+        ctx.rate_headers,
+    );
+    let finish = ctx.finish;
+    Ok(resp.map(|payload| ResponseBody::new(payload, finish)))
+}
+
+/// The gateway's own response headers. The request id and the rate-limit
+/// state differ in every response, so over HTTP/2 they go out as HPACK
+/// literals that are never indexed: indexing them would only churn both
+/// ends' dynamic tables (evicting the entries that do repeat, like `server`
+/// and `content-type`), and it was ~2k instructions per request of table
+/// upkeep and Huffman coding (`bench/callgrind.sh h2`). HTTP/1.1 ignores
+/// the flag.
+fn stamp_response(
+    headers: &mut http::HeaderMap,
+    request_id: &HeaderValue,
+    rate: Option<(HeaderValue, HeaderValue)>,
+) {
+    let mut id = request_id.clone();
+    id.set_sensitive(true);
+    headers.insert(X_REQUEST_ID.clone(), id);
+    if let Some((policy, mut state)) = rate {
+        state.set_sensitive(true);
         headers.insert(RATELIMIT_POLICY.clone(), policy);
         headers.insert(RATELIMIT.clone(), state);
     }
-    let finish = ctx.finish;
-    Ok(resp.map(|payload| ResponseBody::new(payload, finish)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_response_headers_are_never_indexed_and_the_policy_is() {
+        let mut h = http::HeaderMap::new();
+        let rate = (
+            HeaderValue::from_static("\"key\";q=600;w=60"),
+            HeaderValue::from_static("\"key\";r=599;t=1"),
+        );
+        stamp_response(&mut h, &HeaderValue::from_static("abc"), Some(rate));
+        assert_eq!(h[&X_REQUEST_ID], "abc");
+        assert!(h[&X_REQUEST_ID].is_sensitive());
+        assert!(h[&RATELIMIT].is_sensitive());
+        assert!(!h[&RATELIMIT_POLICY].is_sensitive());
+    }
 
     #[test]
     fn request_ids() {
