@@ -135,21 +135,29 @@ pub async fn handle(
         .cloned()
         .unwrap_or_else(new_request_id);
     let shape = ErrorShape::for_path(req.uri().path());
+    // The path and user agent are copied only for the access log line;
+    // metrics need neither.
+    let log = snap.config.access_log;
     let mut ctx = Ctx {
         finish: Box::new(Finish {
             gateway: gw.clone(),
-            log: snap.config.access_log,
+            log,
             in_flight: InFlight::new(conn.clone()),
             record: AccessRecord {
                 user_agent: req
                     .headers()
                     .get(http::header::USER_AGENT)
+                    .filter(|_| log)
                     .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())).to_string()),
                 ..AccessRecord::new(
                     request_id,
                     client_ip(conn.peer.ip(), req.headers(), &snap.config.trusted_proxies),
                     req.method().clone(),
-                    req.uri().path().to_string(),
+                    if log {
+                        req.uri().path().to_string()
+                    } else {
+                        String::new()
+                    },
                     protocol(req.version()),
                     start,
                 )

@@ -136,13 +136,9 @@ pub async fn run(
             }
         }
         if let Some(policy) = &snap.key_policies[key_idx] {
-            let items: Vec<(&str, Decision)> = checked
-                .iter()
-                .filter_map(|(n, d)| d.map(|d| (*n, d)))
-                .collect();
             ctx.rate_headers = Some((
                 policy.clone(),
-                HeaderValue::try_from(state_field(&items))
+                HeaderValue::try_from(state_field(&checked))
                     .map_err(|e| GatewayError::Internal(e.into()))?,
             ));
         }
