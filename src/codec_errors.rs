@@ -100,7 +100,7 @@ impl<T> CodecErrors<T> {
         record.outcome = Outcome::BadRequest;
         record.bytes_out = body.len() as u64;
         record.error = Some(format!("request refused by the HTTP/1 parser: {message}"));
-        self.gw.metrics.observe(&record);
+        self.gw.metrics.observe(&record, None);
         if self.gw.current().config.access_log {
             self.gw.access_log.write(&record);
         }

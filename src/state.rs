@@ -12,7 +12,7 @@ use http::HeaderValue;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteCounters};
 use crate::proxy::ratelimit::{AuthBrake, Limiter, LimiterRegistry, Owner, policy_field};
 use crate::proxy::upstream::{Pool, UpstreamClient};
 
@@ -29,6 +29,8 @@ pub struct Snapshot {
     /// The connection pool of each tenant's route upstream (same indexes as
     /// `Tenant::route_upstreams`).
     pub upstream_pools: Vec<Vec<Arc<Pool>>>,
+    /// `[tenant][route]`: the request counters a request there adds to.
+    pub request_counters: Vec<Vec<Arc<RouteCounters>>>,
     pub brake: Option<Arc<AuthBrake>>,
 }
 
@@ -135,6 +137,11 @@ fn build_snapshot(
                 .collect()
         })
         .collect();
+    let request_counters = config
+        .tenants
+        .iter()
+        .map(|t| t.route_upstreams.iter().map(|_| Arc::default()).collect())
+        .collect();
     let brake = config
         .limits
         .auth_failures_per_ip
@@ -150,6 +157,7 @@ fn build_snapshot(
             key_policies,
             tenant_limiters,
             upstream_pools,
+            request_counters,
             brake,
         },
         used,

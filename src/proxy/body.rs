@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use super::ConnInfo;
 use crate::access_log::AccessRecord;
 use crate::error::{BoxError, Outcome};
+use crate::metrics::RouteCounters;
 use crate::state::Gateway;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,8 @@ pub struct Finish {
     pub gateway: Arc<Gateway>,
     pub log: bool,
     pub in_flight: InFlight,
+    /// The request counters of the tenant route, once the pipeline knows it.
+    pub counters: Option<Arc<RouteCounters>>,
 }
 
 impl Drop for Finish {
@@ -111,7 +114,9 @@ impl Drop for Finish {
             self.record.status = 499;
             self.record.outcome = Outcome::ClientClosed;
         }
-        self.gateway.metrics.observe(&self.record);
+        self.gateway
+            .metrics
+            .observe(&self.record, self.counters.as_deref());
         if self.log {
             self.gateway.access_log.write(&self.record);
         }

@@ -143,6 +143,7 @@ pub async fn handle(
             gateway: gw.clone(),
             log,
             in_flight: InFlight::new(conn.clone()),
+            counters: None,
             record: AccessRecord {
                 user_agent: req
                     .headers()

@@ -78,6 +78,7 @@ pub async fn run(
         .lookup(parts.uri.path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.finish.record.route = Some(route.prefix.clone());
+    ctx.finish.counters = Some(snap.request_counters[tenant_id][route_idx].clone());
     let upstream = &tenant.route_upstreams[route_idx];
     ctx.finish.record.upstream = Some(upstream.name.clone());
 
