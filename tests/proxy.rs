@@ -705,11 +705,10 @@ async fn long_stream_after_head_is_not_cut_by_upstream_timeout() {
     assert_eq!(line["status"], 200);
 }
 
-#[tokio::test]
-async fn upstream_connections_are_kept_alive() {
+async fn kept_alive(h2: bool) {
     let up = spawn_upstream("core").await;
     let gw = Conf::one(&up).spawn().await;
-    let mut c = gw.h1("acme.gw.test").await;
+    let mut c = gw.conn(h2, "acme.gw.test").await;
     let n = 10;
     for _ in 0..n {
         let r = c.get("/rest/people", &[("authorization", &acme())]).await;
@@ -719,10 +718,56 @@ async fn upstream_connections_are_kept_alive() {
     let mut ports: Vec<u16> = got.iter().map(|r| r.peer.port()).collect();
     ports.sort();
     ports.dedup();
-    assert!(
-        ports.len() <= 3,
-        "{n} sequential requests used {} upstream connections: no pooling",
+    assert_eq!(
+        ports.len(),
+        1,
+        "{n} sequential requests, each read to the end, used {} upstream connections",
         ports.len()
+    );
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_over_http1() {
+    kept_alive(false).await;
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_over_http2() {
+    kept_alive(true).await;
+}
+
+/// A response the client abandoned mid-body leaves unread bytes on its upstream connection: that
+/// connection must never carry another request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_an_abandoned_response_is_not_reused() {
+    let up = spawn_upstream("core").await;
+    let gw = Conf::one(&up).spawn().await;
+    let mut c = gw.h2("acme.gw.test").await;
+    let req = c.build(
+        Method::GET,
+        "/rest/files/_big",
+        &[("authorization", &acme())],
+        empty(),
+    );
+    let resp = c.send(req).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert!(next_data(&mut body).await.is_some(), "the body has started");
+    // Abandon it (RST_STREAM) while the upstream is parked mid-body, then let the upstream go on.
+    drop(body);
+    drop(c);
+    up.gates().big.add_permits(1);
+
+    let mut c = gw.h1("acme.gw.test").await;
+    for _ in 0..3 {
+        let r = c.get("/rest/people", &[("authorization", &acme())]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let got = up.wait_requests(4).await;
+    let big = got[0].peer.port();
+    assert!(
+        got[1..].iter().all(|r| r.peer.port() != big),
+        "a later request went out on the abandoned response's connection"
     );
 }
 

@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::ConnInfo;
+use super::upstream::UpstreamBody;
 use crate::access_log::AccessRecord;
 use crate::error::{BoxError, Outcome};
 use crate::metrics::RouteCounters;
@@ -81,7 +82,7 @@ impl Body for RequestBody {
 /// What a response carries: a gateway-made body, or the upstream's stream.
 pub enum Payload {
     Full(Option<Bytes>),
-    Stream(Incoming),
+    Stream(UpstreamBody),
 }
 
 impl Payload {

@@ -4,15 +4,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{
     AUTHORIZATION, CONNECTION, EXPECT, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -201,7 +205,7 @@ pub fn rewrite_request(parts: &mut Parts, f: &Forwarding<'_>) -> Result<(), Gate
 }
 
 /// Clean the upstream's response head before it goes to the client.
-pub fn rewrite_response(resp: &mut Response<Incoming>) {
+pub fn rewrite_response<B>(resp: &mut Response<B>) {
     let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), upgrade);
 }
@@ -233,30 +237,43 @@ impl Pool {
         None
     }
 
-    /// Send on `sender`; it returns to the pool when the exchange is over.
+    /// Send on `sender`; the response body gives it back to the pool once
+    /// read to the end.
     async fn send_on(
         self: &Arc<Self>,
         mut sender: SendRequest<RequestBody>,
         req: http::Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<http::Request<RequestBody>>> {
+    ) -> Result<Response<UpstreamBody>, TrySendError<http::Request<RequestBody>>> {
         let resp = sender.try_send_request(req).await?;
-        self.recycle(sender);
-        Ok(resp)
+        let pool = self.clone();
+        Ok(resp.map(|incoming| UpstreamBody {
+            incoming,
+            connection: Some((pool, sender)),
+        }))
     }
 
-    /// Back to the pool once the exchange is over (response body read to
-    /// the end, so the connection can carry the next request); a connection
-    /// that closes or is upgraded instead is dropped.
-    fn recycle(self: &Arc<Self>, mut sender: SendRequest<RequestBody>) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < MAX_IDLE_PER_UPSTREAM {
-                    idle.push((Instant::now(), sender));
+    /// Back to the pool once the exchange is over. Usually the connection
+    /// is ready again by the time its response body ended (hyper marks it
+    /// idle in the same poll that reads the last byte); otherwise a task
+    /// waits for it. One that closes or was upgraded is dropped.
+    fn give_back(self: &Arc<Self>, mut sender: SendRequest<RequestBody>) {
+        if sender.is_ready() {
+            self.park(sender);
+        } else if !sender.is_closed() {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.park(sender);
                 }
-            }
-        });
+            });
+        }
+    }
+
+    fn park(&self, sender: SendRequest<RequestBody>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_PER_UPSTREAM {
+            idle.push((Instant::now(), sender));
+        }
     }
 
     /// Close connections idle for longer than [`IDLE_TIMEOUT`] or closed by
@@ -332,7 +349,7 @@ impl UpstreamClient {
         pool: &Arc<Pool>,
         req: http::Request<RequestBody>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         match tokio::time::timeout(timeout, self.exchange(pool, req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout),
             Ok(result) => result,
@@ -343,7 +360,7 @@ impl UpstreamClient {
         &self,
         pool: &Arc<Pool>,
         mut req: http::Request<RequestBody>,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         if let Some(sender) = pool.checkout() {
             match pool.send_on(sender, req).await {
                 Ok(resp) => return Ok(resp),
@@ -395,6 +412,44 @@ impl UpstreamClient {
             }
         });
         Ok(sender)
+    }
+}
+
+/// An upstream response body. Read to the end, it hands its connection
+/// back to the pool (no task per request waits for that); dropped early, the
+/// connection goes with it, since unread bytes would be the next response.
+pub struct UpstreamBody {
+    incoming: Incoming,
+    connection: Option<(Arc<Pool>, SendRequest<RequestBody>)>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.incoming).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some((pool, sender)) = self.connection.take()
+            && self.incoming.is_end_stream()
+        {
+            pool.give_back(sender);
+        }
     }
 }
 
