@@ -13,16 +13,6 @@ use twenty_gateway::proxy::auth::hash_token;
 use twenty_gateway::state::Gateway;
 use twenty_gateway::{config, serve};
 
-/// mimalloc instead of glibc malloc: the request path allocates and frees a
-/// few dozen small objects per request, many of them in bursts from one
-/// HTTP/2 connection's streams, which overflow glibc's per-thread cache
-/// (7 entries a size) into its slower bins; tokio's cache-line-aligned task
-/// cells bypass that cache altogether. Measured with `bench/callgrind.sh`:
-/// 73.6k → 66.9k instructions per HTTP/2 request, 58.3k → 55.2k per
-/// HTTP/1.1 request; RSS with 5,000 idle TLS connections unchanged.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
