@@ -736,6 +736,34 @@ async fn upstream_connections_are_kept_alive_over_http2() {
     kept_alive(true).await;
 }
 
+/// A chunked response (no Content-Length, as streamed JSON from Node often is) read to its end
+/// also leaves its upstream connection reusable.
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_after_chunked_responses() {
+    let up = spawn_upstream("core").await;
+    let gw = Conf::one(&up).spawn().await;
+    let n = 5;
+    up.gates().slow.add_permits(n);
+    let mut c = gw.h1("acme.gw.test").await;
+    for _ in 0..n {
+        let r = c
+            .get("/rest/files/_slow", &[("authorization", &acme())])
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "first-part;second-part");
+    }
+    let got = up.wait_requests(n).await;
+    let mut ports: Vec<u16> = got.iter().map(|r| r.peer.port()).collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(
+        ports.len(),
+        1,
+        "{n} sequential chunked responses used {} upstream connections",
+        ports.len()
+    );
+}
+
 /// A response the client abandoned mid-body leaves unread bytes on its upstream connection: that
 /// connection must never carry another request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -249,6 +249,7 @@ impl Pool {
         Ok(resp.map(|incoming| UpstreamBody {
             incoming,
             connection: Some((pool, sender)),
+            ended: false,
         }))
     }
 
@@ -421,6 +422,9 @@ impl UpstreamClient {
 pub struct UpstreamBody {
     incoming: Incoming,
     connection: Option<(Arc<Pool>, SendRequest<RequestBody>)>,
+    /// The body said it was over. A chunked body only says so by ending:
+    /// `is_end_stream` knows the end of a Content-Length body alone.
+    ended: bool,
 }
 
 impl Body for UpstreamBody {
@@ -431,11 +435,15 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.incoming).poll_frame(cx)
+        let polled = Pin::new(&mut self.incoming).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        self.ended || self.incoming.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -446,7 +454,7 @@ impl Body for UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         if let Some((pool, sender)) = self.connection.take()
-            && self.incoming.is_end_stream()
+            && self.is_end_stream()
         {
             pool.give_back(sender);
         }
