@@ -705,6 +705,14 @@ async fn long_stream_after_head_is_not_cut_by_upstream_timeout() {
     assert_eq!(line["status"], 200);
 }
 
+/// How many upstream connections (client ports) carried these requests.
+fn upstream_connections(got: &[Recorded]) -> usize {
+    let mut ports: Vec<u16> = got.iter().map(|r| r.peer.port()).collect();
+    ports.sort();
+    ports.dedup();
+    ports.len()
+}
+
 async fn kept_alive(h2: bool) {
     let up = spawn_upstream("core").await;
     let gw = Conf::one(&up).spawn().await;
@@ -714,15 +722,10 @@ async fn kept_alive(h2: bool) {
         let r = c.get("/rest/people", &[("authorization", &acme())]).await;
         assert_eq!(r.status, 200);
     }
-    let got = up.wait_requests(n).await;
-    let mut ports: Vec<u16> = got.iter().map(|r| r.peer.port()).collect();
-    ports.sort();
-    ports.dedup();
+    let used = upstream_connections(&up.wait_requests(n).await);
     assert_eq!(
-        ports.len(),
-        1,
-        "{n} sequential requests, each read to the end, used {} upstream connections",
-        ports.len()
+        used, 1,
+        "{n} sequential requests, each read to the end, used {used} upstream connections"
     );
 }
 
@@ -752,15 +755,10 @@ async fn upstream_connections_are_kept_alive_after_chunked_responses() {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "first-part;second-part");
     }
-    let got = up.wait_requests(n).await;
-    let mut ports: Vec<u16> = got.iter().map(|r| r.peer.port()).collect();
-    ports.sort();
-    ports.dedup();
+    let used = upstream_connections(&up.wait_requests(n).await);
     assert_eq!(
-        ports.len(),
-        1,
-        "{n} sequential chunked responses used {} upstream connections",
-        ports.len()
+        used, 1,
+        "{n} sequential chunked responses used {used} upstream connections"
     );
 }
 
