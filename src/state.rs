@@ -16,6 +16,14 @@ use crate::metrics::{Metrics, RouteCounters};
 use crate::proxy::ratelimit::{AuthBrake, Limiter, LimiterRegistry, Owner, policy_field};
 use crate::proxy::upstream::{Pool, UpstreamClient};
 
+/// A tenant's route as requests use it: the upstream's connection pool
+/// (shared with every route and generation naming that address) and the
+/// route's request counters.
+pub struct TenantRoute {
+    pub pool: Arc<Pool>,
+    pub counters: Arc<RouteCounters>,
+}
+
 /// One immutable, consistent world: a request loads it once at its start.
 pub struct Snapshot {
     pub config: Config,
@@ -26,11 +34,9 @@ pub struct Snapshot {
     pub key_policies: Vec<Option<HeaderValue>>,
     /// Per tenant: the aggregate limiter, if the tenant sets `rate`.
     pub tenant_limiters: Vec<Option<Arc<Limiter>>>,
-    /// The connection pool of each tenant's route upstream (same indexes as
-    /// `Tenant::route_upstreams`).
-    pub upstream_pools: Vec<Vec<Arc<Pool>>>,
-    /// `[tenant][route]`: the request counters a request there adds to.
-    pub request_counters: Vec<Vec<Arc<RouteCounters>>>,
+    /// `[tenant][route]` (same indexes as `Tenant::route_upstreams`): what a
+    /// request routed there uses besides the config.
+    pub routes: Vec<Vec<TenantRoute>>,
     pub brake: Option<Arc<AuthBrake>>,
 }
 
@@ -91,7 +97,8 @@ impl Gateway {
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         self.limiters.retain(&used);
-        self.upstream.retain(&snapshot.upstream_pools);
+        self.upstream
+            .retain(snapshot.routes.iter().flatten().map(|r| &r.pool));
         snapshot
     }
 }
@@ -127,20 +134,18 @@ fn build_snapshot(
         key_policies
             .push(policy_field(key.rate, tenant_rate).and_then(|s| HeaderValue::try_from(s).ok()));
     }
-    let upstream_pools = config
+    let routes = config
         .tenants
         .iter()
         .map(|t| {
             t.route_upstreams
                 .iter()
-                .map(|u| upstream.pool(&u.authority))
+                .map(|u| TenantRoute {
+                    pool: upstream.pool(&u.authority),
+                    counters: Arc::default(),
+                })
                 .collect()
         })
-        .collect();
-    let request_counters = config
-        .tenants
-        .iter()
-        .map(|t| t.route_upstreams.iter().map(|_| Arc::default()).collect())
         .collect();
     let brake = config
         .limits
@@ -156,8 +161,7 @@ fn build_snapshot(
             key_limiters,
             key_policies,
             tenant_limiters,
-            upstream_pools,
-            request_counters,
+            routes,
             brake,
         },
         used,

@@ -78,7 +78,8 @@ pub async fn run(
         .lookup(parts.uri.path())
         .ok_or(GatewayError::NoRoute)?;
     ctx.finish.record.route = Some(route.prefix.clone());
-    ctx.finish.counters = Some(snap.request_counters[tenant_id][route_idx].clone());
+    let tenant_route = &snap.routes[tenant_id][route_idx];
+    ctx.finish.counters = Some(tenant_route.counters.clone());
     let upstream = &tenant.route_upstreams[route_idx];
     ctx.finish.record.upstream = Some(upstream.name.clone());
 
@@ -180,7 +181,7 @@ pub async fn run(
     let sent = gw
         .upstream
         .send(
-            &snap.upstream_pools[tenant_id][route_idx],
+            &tenant_route.pool,
             upstream_req,
             cfg.limits.upstream_timeout,
         )

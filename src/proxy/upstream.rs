@@ -319,8 +319,8 @@ impl UpstreamClient {
 
     /// Forget the pools no installed config names any more; their idle
     /// connections close when the last request still using them ends.
-    pub fn retain(&self, in_use: &[Vec<Arc<Pool>>]) {
-        let used: HashSet<&Authority> = in_use.iter().flatten().map(|p| &p.authority).collect();
+    pub fn retain<'a>(&self, in_use: impl Iterator<Item = &'a Arc<Pool>>) {
+        let used: HashSet<&Authority> = in_use.map(|p| &p.authority).collect();
         self.pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
