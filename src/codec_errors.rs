@@ -25,7 +25,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::access_log::AccessRecord;
-use crate::error::{Outcome, rest_body};
+use crate::error::{BadRequest, GatewayError, Outcome, rest_body};
 use crate::proxy::new_request_id;
 use crate::state::Gateway;
 
@@ -73,13 +73,18 @@ fn codec_error_status(buf: &[u8]) -> Option<u16> {
 
 impl<T> CodecErrors<T> {
     fn replacement(&self, status: u16) -> Vec<u8> {
+        // The same wording as the pipeline's own 431 and 400 (HTTP/2 lists
+        // over the limit, framing the pipeline refuses).
         let (reason, message) = match status {
             414 => ("URI Too Long", "Request target too long"),
             431 => (
                 "Request Header Fields Too Large",
-                "Request headers too large",
+                GatewayError::HeadersTooLarge.public_message(),
             ),
-            _ => ("Bad Request", "Malformed request"),
+            _ => (
+                "Bad Request",
+                GatewayError::BadRequest(BadRequest::Framing).public_message(),
+            ),
         };
         let request_id = new_request_id();
         let body = rest_body(
