@@ -727,6 +727,10 @@ def measure(scen: str, t: Target, up: subprocess.Popen, dur: float, warm: float,
     r["settle_wait_s"] = waited
     r["wall_s"] = round(wall, 2)
     r["proxy_cpu_pct"] = round(100 * (pt1 - pt0) / CLK / wall, 1) if ppids else None
+    # what a request costs the proxy: its CPU time (user + system, all threads) over the requests
+    # served in the same window. Far steadier than req/s when CPU 0 is contended: it does not move
+    # with how fast the load side can push, only with the proxy's own work.
+    r["cpu_us"] = round(1e6 * (pt1 - pt0) / CLK / r["requests"], 2) if ppids and r.get("requests") else None
     r["upstream_cpu_pct"] = round(100 * (ut1 - ut0) / CLK / wall, 1)
     r["loadgen_cpu_pct"] = round(100 * lg_cpu / wall, 1)
     for c in (PROXY_CPU, LOAD_CPU):
@@ -830,6 +834,11 @@ METRICS = [
     ("d", "mib_s", "1 MiB bodies MiB/s", True),
     ("d", "p99_ms", "1 MiB bodies p99 ms", False),
     ("e", "rps", "401 rejections req/s", True),
+    ("a", "cpu_us", "h1 keep-alive: proxy CPU µs per request", False),
+    ("b", "cpu_us", "new TLS conn: proxy CPU µs per request", False),
+    ("c", "cpu_us", "h2: proxy CPU µs per request", False),
+    ("d", "cpu_us", "1 MiB bodies: proxy CPU µs per request", False),
+    ("e", "cpu_us", "401: proxy CPU µs per request", False),
 ]
 MEMROWS = [
     # field, label, higher is better (never)
@@ -862,7 +871,7 @@ def summarize(raw: dict) -> dict:
     for s, per in raw.items():
         for n, runs in per.items():
             d = {}
-            for f in ("rps", "mib_s", "p50_ms", "p99_ms", "proxy_cpu_pct", "loadgen_cpu_pct", "upstream_cpu_pct",
+            for f in ("rps", "mib_s", "p50_ms", "p99_ms", "cpu_us", "proxy_cpu_pct", "loadgen_cpu_pct", "upstream_cpu_pct",
                       "cpu0_busy_pct", "cpu1_busy_pct", "cpu1_steal_pct", "cpu1_other_pct", "value", "log_ratio"):
                 d[f] = med([r.get(f) for r in runs])
             d["bad"] = sum(r.get("bad", 0) for r in runs)
@@ -1031,12 +1040,13 @@ def write_report(meta: dict, raw: dict, summ: dict, mem: dict, checks: dict, tar
     if "f" in scen_keys and summ.get("f"):
         off, on = cell("f", "gw-100k auth:false", "rps"), cell("f", "gw-100k auth:true", "rps")
         L.append(f"## Auth cost: gateway with {meta['auth_keys']:,} keys, logs off (median)\n")
-        L.append("| route | req/s | p50 ms | p99 ms | proxy CPU % |")
-        L.append("|---|---:|---:|---:|---:|")
+        L.append("| route | req/s | p50 ms | p99 ms | proxy CPU % | proxy CPU µs per request |")
+        L.append("|---|---:|---:|---:|---:|---:|")
         for n, lab in (("gw-100k auth:false", f"`{OPEN_PATH}` (auth: false)"),
                        ("gw-100k auth:true", f"`{SMALL_PATH}` (auth: true, key check + rate limit)")):
             L.append(f"| {lab} | {fmt(cell('f', n, 'rps'))} | {fmt(cell('f', n, 'p50_ms'))} | "
-                     f"{fmt(cell('f', n, 'p99_ms'))} | {fmt(cell('f', n, 'proxy_cpu_pct'), 0)} |")
+                     f"{fmt(cell('f', n, 'p99_ms'))} | {fmt(cell('f', n, 'proxy_cpu_pct'), 0)} | "
+                     f"{fmt(cell('f', n, 'cpu_us'))} |")
         pairs = [ratio(a, b) for a, b in zip(summ['f'].get('gw-100k auth:true', {}).get('values', []),
                                               summ['f'].get('gw-100k auth:false', {}).get('values', []))]
         pairs = [p for p in pairs if p is not None]
@@ -1050,6 +1060,16 @@ def write_report(meta: dict, raw: dict, summ: dict, mem: dict, checks: dict, tar
         L.append(f"\nauth:true ÷ auth:false, median of {len(pairs)} back-to-back pairs = **{fmt(r, 3)}** → key check "
                  f"+ rate limit cost **{fmt((1 - r) * 100 if r else None, 1)} %** of throughput. Pairs: "
                  + ", ".join(fmt(p, 3) for p in pairs) + "\n")
+        # the same pairs by proxy CPU per request: what the check costs, independent of how hard the
+        # load side could push in that second
+        cpairs = [ratio(a.get("cpu_us"), b.get("cpu_us"))
+                  for a, b in zip(raw['f'].get('gw-100k auth:true', []), raw['f'].get('gw-100k auth:false', []))]
+        cpairs = [p for p in cpairs if p is not None]
+        if cpairs:
+            c = statistics.median(cpairs)
+            L.append(f"By proxy CPU per request (same pairs): auth:true ÷ auth:false = **{fmt(c, 3)}** → the key "
+                     f"check + rate limit add **{fmt((c - 1) * 100, 1)} %** to the CPU a request costs. Pairs: "
+                     + ", ".join(fmt(p, 3) for p in cpairs) + "\n")
         if r is not None:
             targets_summary.append((f"auth cost < 5 % with {meta['auth_keys']:,} keys", f"{(1 - r) * 100:.1f} %",
                                     "< 5 %", (1 - r) < 0.05))
@@ -1298,7 +1318,7 @@ def main() -> int:
                     res["noisy"] = res["noise_pct"] > args.noise_max
                     raw.setdefault(s, {}).setdefault(rname, []).append(res)
                     log(f"r{r + 1} {SCENARIOS[s][0]:12s} {rname:19s} {SCENARIOS[s][3]}={res['value']:>10,.1f} "
-                        f"p99={fmt(res.get('p99_ms'))}ms proxy={fmt(res['proxy_cpu_pct'], 0)}% "
+                        f"p99={fmt(res.get('p99_ms'))}ms proxy={fmt(res['proxy_cpu_pct'], 0)}% ({fmt(res.get('cpu_us'))} µs/req) "
                         f"lg={fmt(res['loadgen_cpu_pct'], 0)}% up={fmt(res['upstream_cpu_pct'], 0)}% "
                         f"cpu0={fmt(res['cpu0_busy_pct'], 0)}% cpu1={fmt(res['cpu1_busy_pct'], 0)}% "
                         f"noise={fmt(res['noise_pct'], 0)}%"
