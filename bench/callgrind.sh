@@ -15,7 +15,8 @@
 # only, and valgrind's CPU lacks SHA-NI, so sha2 (the key hash) shows its software fallback
 # (~3.5k instructions) where the real CPU spends ~0.3k. Needs bench/setup.sh (certs, nginx, h2load)
 # and valgrind (installed if missing). KEEP=path keeps the callgrind output for callgrind_annotate;
-# GATEWAY_BIN=path measures that binary instead of building target/release (A/B of two builds).
+# GATEWAY_BIN=path measures that binary instead of building target/release (A/B of two builds);
+# LOGS=1 turns the access log on (JSON lines to a file; the writer thread is counted too).
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
@@ -60,11 +61,12 @@ http {
     }
 }
 EOF
+ACCESS_LOG=false; [[ -z "${LOGS:-}" ]] || ACCESS_LOG=true
 cat >"$WORK/gateway.yaml" <<EOF
 listen:
   https: 127.0.0.1:$GW_PORT
   admin: 127.0.0.1:$ADMIN_PORT
-access_log: false
+access_log: $ACCESS_LOG
 tls:
   certificates:
     - { cert: $BENCH/certs/server.crt, key: $BENCH/certs/server.key }
