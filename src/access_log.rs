@@ -272,6 +272,8 @@ struct Pending {
     /// The writer thread is gone (or never started): nothing will drain
     /// `lines`, so new lines are dropped at once.
     closed: bool,
+    /// The `AccessLog` is gone: the writer writes what is left and ends.
+    stop: bool,
 }
 
 struct Shared {
@@ -385,6 +387,15 @@ impl AccessLog {
     }
 }
 
+impl Drop for AccessLog {
+    /// The writer thread writes what is queued and ends (it does not
+    /// outlive its log; nothing waits for it here).
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.work.notify_one();
+    }
+}
+
 fn lines_in(batch: &[u8]) -> u64 {
     batch.iter().filter(|&&b| b == b'\n').count() as u64
 }
@@ -396,16 +407,19 @@ const BATCH_WINDOW: Duration = Duration::from_millis(5);
 fn writer<W: Write>(shared: &Shared, mut sink: W) {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
-        let flushing = {
+        let (hurry, stop) = {
             let mut pending = shared.lock();
-            while pending.lines.is_empty() && pending.acks.is_empty() {
+            while pending.lines.is_empty() && pending.acks.is_empty() && !pending.stop {
                 pending = shared.work.wait(pending).unwrap_or_else(|e| e.into_inner());
             }
-            !pending.acks.is_empty()
+            if pending.stop && pending.lines.is_empty() && pending.acks.is_empty() {
+                return;
+            }
+            (!pending.acks.is_empty() || pending.stop, pending.stop)
         };
         // While we sleep, requests append without waking anyone. A flush
-        // does not wait for the window: shutdown should not either.
-        if !flushing {
+        // does not wait for the window, nor does the end.
+        if !hurry {
             std::thread::sleep(BATCH_WINDOW);
         }
         let mut acks = {
@@ -433,7 +447,9 @@ fn writer<W: Write>(shared: &Shared, mut sink: W) {
         for ack in acks {
             let _ = ack.send(());
         }
-        if !ok {
+        if !ok || stop {
+            // Stopping: nothing can be appended any more, so this batch
+            // was the last.
             return;
         }
     }
@@ -444,6 +460,7 @@ mod tests {
     use super::*;
     use serde::Serialize;
     use std::net::Ipv6Addr;
+    use std::sync::mpsc;
 
     /// The reference: the same line as a generic serializer writes it.
     #[derive(Serialize)]
@@ -660,6 +677,37 @@ mod tests {
         log.write(&record("/after"));
         assert!(log.flush(Duration::from_secs(10)));
         assert!(gate.lines().last().unwrap().contains("/after"));
+    }
+
+    #[test]
+    fn dropping_the_log_writes_what_is_queued_and_ends_the_writer() {
+        /// Tells the test when the writer thread has let go of it.
+        struct Watched(Gate, mpsc::Sender<()>);
+        impl Write for Watched {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl Drop for Watched {
+            fn drop(&mut self) {
+                let _ = self.1.send(());
+            }
+        }
+        let gate = Gate::default();
+        gate.open();
+        let (ended_tx, ended) = mpsc::channel();
+        let log = AccessLog::new(LogFormat::Json, Watched(gate.clone(), ended_tx));
+        for i in 0..10 {
+            log.write(&record(&format!("/rest/{i}")));
+        }
+        drop(log);
+        ended
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer thread outlived its log");
+        assert_eq!(gate.lines().len(), 10);
     }
 
     #[test]
