@@ -217,21 +217,18 @@ fn write_timestamp(buf: &mut Vec<u8>, now: SystemTime) {
     }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let (secs, millis) = (since.as_secs(), since.subsec_millis());
-    let head = SECOND.with(|cached| {
-        let (s, head) = cached.get();
-        if s == secs {
-            return head;
-        }
-        // "YYYY-MM-DDTHH:MM:SSZ": keep all but the Z.
-        let whole = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
-        let mut head = [0u8; 19];
-        let text = whole.to_string();
-        if let Some(b) = text.as_bytes().get(..19) {
-            head.copy_from_slice(b);
-        }
-        cached.set((secs, head));
-        head
-    });
+    let head = SECOND
+        .try_with(|cached| {
+            let (s, head) = cached.get();
+            if s == secs {
+                return head;
+            }
+            let head = date_and_time(secs);
+            cached.set((secs, head));
+            head
+        })
+        // Thread teardown: no cache, same text.
+        .unwrap_or_else(|_| date_and_time(secs));
     buf.extend_from_slice(&head);
     // subsec_millis() < 1000: three digits.
     buf.extend_from_slice(&[
@@ -243,7 +240,19 @@ fn write_timestamp(buf: &mut Vec<u8>, now: SystemTime) {
     ]);
 }
 
-/// `s` as a JSON string. Text with nothing to escape (no `"`, `\\` or
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix second.
+fn date_and_time(secs: u64) -> [u8; 19] {
+    // humantime writes "YYYY-MM-DDTHH:MM:SSZ": keep all but the Z.
+    let text =
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+    let mut head = [0u8; 19];
+    if let Some(b) = text.as_bytes().get(..19) {
+        head.copy_from_slice(b);
+    }
+    head
+}
+
+/// `s` as a JSON string. Text with nothing to escape (no `"`, `\` or
 /// control character: what JSON requires escaping) is copied as it is;
 /// anything else goes through serde_json's escaper.
 fn json_str(buf: &mut Vec<u8>, s: &str) {
