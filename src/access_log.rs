@@ -6,7 +6,7 @@
 //! more than [`MAX_PENDING`] bytes behind, lines are dropped and counted
 //! rather than stalling traffic.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::Outcome;
 
-/// Bytes of lines waiting for stdout before new ones are dropped (~16k lines).
+/// Bytes of lines waiting for stdout before new ones are dropped (~20k lines).
 const MAX_PENDING: usize = 8 << 20;
 const MAX_FIELD: usize = 1024;
 
@@ -285,6 +285,13 @@ struct Pending {
     stop: bool,
 }
 
+impl Pending {
+    /// Nothing for the writer to do.
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.acks.is_empty()
+    }
+}
+
 struct Shared {
     pending: Mutex<Pending>,
     /// Signalled when `pending` goes from empty to not.
@@ -300,8 +307,9 @@ impl Shared {
 }
 
 thread_local! {
-    /// Each worker formats its lines here, outside the lock.
-    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+    /// Each worker formats its lines here, outside the lock (taken while in
+    /// use, put back after).
+    static LINE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// The access-log sink shared by all requests.
@@ -339,24 +347,13 @@ impl AccessLog {
     }
 
     pub fn write(&self, record: &AccessRecord) {
-        // Format into this thread's buffer; a fresh one when that is not
-        // available (thread teardown).
-        let done = LINE.try_with(|cell| {
-            let Ok(mut line) = cell.try_borrow_mut() else {
-                return false;
-            };
-            line.clear();
-            record.write_line(self.format, &mut line);
-            self.append(&line);
-            if line.capacity() > 64 * 1024 {
-                *line = Vec::with_capacity(1024);
-            }
-            true
-        });
-        if !matches!(done, Ok(true)) {
-            let mut line = Vec::with_capacity(1024);
-            record.write_line(self.format, &mut line);
-            self.append(&line);
+        // This thread's buffer, or a fresh one during thread teardown.
+        let mut line = LINE.try_with(Cell::take).unwrap_or_default();
+        line.clear();
+        record.write_line(self.format, &mut line);
+        self.append(&line);
+        if line.capacity() <= 64 * 1024 {
+            let _ = LINE.try_with(|cell| cell.set(line));
         }
     }
 
@@ -367,7 +364,7 @@ impl AccessLog {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let wake = pending.lines.is_empty() && pending.acks.is_empty();
+        let wake = pending.is_empty();
         pending.lines.extend_from_slice(line);
         drop(pending);
         if wake {
@@ -418,11 +415,11 @@ fn writer<W: Write>(shared: &Shared, mut sink: W) {
     loop {
         let (hurry, stop) = {
             let mut pending = shared.lock();
-            while pending.lines.is_empty() && pending.acks.is_empty() && !pending.stop {
+            while pending.is_empty() && !pending.stop {
                 pending = shared.work.wait(pending).unwrap_or_else(|e| e.into_inner());
             }
-            if pending.stop && pending.lines.is_empty() && pending.acks.is_empty() {
-                return;
+            if pending.is_empty() {
+                return; // stopping, with nothing left to write
             }
             (!pending.acks.is_empty() || pending.stop, pending.stop)
         };
