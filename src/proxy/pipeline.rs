@@ -15,6 +15,7 @@ use crate::auth::{self, Refused};
 use crate::error::{BadRequest, GatewayError};
 use crate::host::{self, RequestHost};
 use crate::ratelimit::{self, AuthBrake, Checked, state_field};
+use crate::route::RouteAuth;
 use crate::runtime::{Gateway, KeyEntry, RouteEntry, Snapshot, TenantEntry};
 use crate::upstream::{self, Forwarding, RequestBody};
 use crate::{permission, target};
@@ -42,23 +43,30 @@ pub async fn run(
     //    lookups that need no credentials.
     let (tenant, route) = select(snap, &host, parts.uri.path(), ctx)?;
 
-    // 4. Authentication, on routes that want it (the brake first: a braked
-    //    client is refused before we spend a hash on its guess).
-    let key = if route.route.auth {
-        let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx)?;
+    // 4. Authentication, on routes that want a key (the brake first: a
+    //    braked client is refused before we spend a hash on its guess).
+    let key = match route.route.auth {
+        RouteAuth::Key => {
+            let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx)?;
 
-        // 5. Rate limits: the key's own, then the tenant's shared one. Only
-        //    authenticated requests count, so a stranger cannot drain a
-        //    tenant's quota.
-        let checked = ratelimit::check_local(key.limit.as_ref(), tenant.limit.as_ref());
-        apply_limits(key, &checked, ctx)?;
+            // 5. Rate limits: the key's own, then the tenant's shared one.
+            //    Only authenticated requests count, so a stranger cannot
+            //    drain a tenant's quota.
+            let checked = ratelimit::check_local(key.limit.as_ref(), tenant.limit.as_ref());
+            apply_limits(key, &checked, ctx)?;
 
-        // 6. Permission: what this key may do on this route. After the
-        //    limits, so a refused attempt uses quota like any other.
-        permission::check(&key.key, &route.route, &parts)?;
-        Some(key)
-    } else {
-        None
+            // 6. Permission: what this key may do on this route. After the
+            //    limits, so a refused attempt uses quota like any other.
+            permission::check(&key.key, &route.route, &parts)?;
+            Some(key)
+        }
+        // 4'. Routes without a gateway key: every request (refusals too)
+        //     counts against the client's anonymous budget first, so open
+        //     routes cannot be used to flood Twenty.
+        open => {
+            open_route(snap, open, parts.uri.query(), ctx)?;
+            None
+        }
     };
 
     // 7. A body announced larger than allowed is refused before we open an
@@ -84,7 +92,9 @@ pub async fn run(
             request_id: &ctx.request_id,
             tenant: &tenant.tenant.header,
             key_id: key.map(|k| &k.key.header),
-            authorization: tenant.tenant.upstream_authorization.as_ref(),
+            // The tenant's Twenty token only for requests with a gateway
+            // key: on open routes it would be Twenty's key for anyone.
+            authorization: key.and(tenant.tenant.upstream_authorization.as_ref()),
             websocket,
         },
     )?;
@@ -197,6 +207,25 @@ pub fn authenticate<'s>(
             Err(error)
         }
     }
+}
+
+/// Step 4': a route without a gateway key — the client's anonymous budget,
+/// then (on `twenty_token` routes) Twenty's token in the query.
+pub fn open_route(
+    snap: &Snapshot,
+    auth: RouteAuth,
+    query: Option<&str>,
+    ctx: &RequestCtx,
+) -> Result<(), GatewayError> {
+    if let Some(limit) = &snap.anonymous
+        && let Err(retry_after) = limit.check(ctx.client_ip)
+    {
+        return Err(GatewayError::RateLimited { retry_after });
+    }
+    if auth == RouteAuth::TwentyToken && !auth::has_twenty_token(query) {
+        return Err(GatewayError::MissingToken);
+    }
+    Ok(())
 }
 
 /// Step 5: the `RateLimit` fields for the response, and 429 if a limit

@@ -3,7 +3,8 @@
 //!
 //! - [`local`]: the gateway's own limiters (governor) and the registry that
 //!   carries their state across reloads.
-//! - [`brake`]: failed authentications per client IP.
+//! - [`brake`]: failed authentications per client IP; [`per_ip`]: a bounded
+//!   GCRA per client address (the brake's counts, `limits.anonymous_per_ip`).
 //! - The seam for limits shared by several gateways: [`SharedLimits`], an
 //!   async backend (Redis) the pipeline asks instead of the local limiters
 //!   when one is configured. Whichever answers, the decision has the same
@@ -12,6 +13,7 @@
 
 pub mod brake;
 pub mod local;
+pub mod per_ip;
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 pub use brake::AuthBrake;
 pub use local::{Limiter, LimiterRegistry, Owner};
+pub use per_ip::PerIp;
 
 /// A GCRA quota: `requests` per `per`, with `burst` cells of capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

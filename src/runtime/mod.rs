@@ -20,7 +20,7 @@ use crate::auth::{Key, KeyTable};
 use crate::config::{Config, Tenant};
 use crate::host::{HostTable, TenantId};
 use crate::metrics::{Metrics, RouteCounters};
-use crate::ratelimit::{AuthBrake, LimitEntry, Owner, policy_field};
+use crate::ratelimit::{AuthBrake, LimitEntry, Owner, PerIp, policy_field};
 use crate::route::{Route, RouteTable};
 use crate::tls::Certificates;
 use crate::upstream::Target;
@@ -65,6 +65,8 @@ pub struct Snapshot {
     pub tenants: Vec<Arc<TenantEntry>>,
     pub keys: KeyTable<KeyEntry>,
     pub brake: Option<Arc<AuthBrake>>,
+    /// `limits.anonymous_per_ip`: requests on routes without a gateway key.
+    pub anonymous: Option<Arc<PerIp>>,
 }
 
 impl Snapshot {
@@ -182,6 +184,10 @@ fn build_snapshot(
         .limits
         .auth_failures_per_ip
         .map(|rate| registry.brake(rate, used));
+    let anonymous = config
+        .limits
+        .anonymous_per_ip
+        .map(|rate| registry.anonymous(rate, used));
     Snapshot {
         config,
         generation,
@@ -189,5 +195,6 @@ fn build_snapshot(
         tenants,
         keys,
         brake,
+        anonymous,
     }
 }
