@@ -32,6 +32,7 @@ pub mod codec_errors;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod healthcheck;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
