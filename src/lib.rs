@@ -24,6 +24,7 @@
 pub mod access_log;
 pub mod base;
 pub mod error;
+pub mod healthcheck;
 pub mod metrics;
 // Steps: each owns its compiled table and how to check it.
 pub mod auth;
