@@ -153,28 +153,6 @@ const PENDING: &[Pending] = &[
             m.remove("cluster");
         },
     },
-    Pending {
-        what: "limits.anonymous_per_ip (SPEC: All of Twenty's API surface)",
-        strip: |m| {
-            if let Some(Value::Mapping(l)) = m.get_mut("limits") {
-                l.remove("anonymous_per_ip");
-            }
-        },
-    },
-    Pending {
-        what: "routes[].auth: none | twenty_token (SPEC: All of Twenty's API surface)",
-        strip: |m| {
-            if let Some(Value::Sequence(routes)) = m.get_mut("routes") {
-                for r in routes.iter_mut() {
-                    if let Value::Mapping(r) = r
-                        && r.get("auth").and_then(Value::as_str).is_some()
-                    {
-                        r.remove("auth");
-                    }
-                }
-            }
-        },
-    },
 ];
 
 fn strip_pending(config: &Value, keep: Option<usize>) -> String {
