@@ -28,6 +28,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod codec_errors;
 pub mod config;
 pub mod conn;
