@@ -78,6 +78,9 @@ pub struct Checked {
     pub key: Option<Decision>,
     /// The tenant's limiter, if it has one and the key's allowed.
     pub tenant: Option<Decision>,
+    /// Redis `TIME` (since the Unix epoch) the script decided at; `None`
+    /// when a local memory of an earlier refusal answered.
+    pub at: Option<Duration>,
 }
 
 /// The Redis-backed limiter state of one `cluster` setting. Cheap to clone;
@@ -202,11 +205,15 @@ impl Shared {
             }
             return Answer::Shared(Checked {
                 braked: Some(left),
+                at: Some(reply.now),
                 ..Checked::default()
             });
         }
         let mut decisions = reply.decisions.into_iter();
-        let mut checked = Checked::default();
+        let mut checked = Checked {
+            at: Some(reply.now),
+            ..Checked::default()
+        };
         if let Some((name, _)) = &key {
             let d = decisions.next();
             if let Some(Decision::Denied { retry_after, .. }) = d {
@@ -269,7 +276,11 @@ impl Shared {
         for a in script::args("check", false, &[quota]) {
             inv.arg(a);
         }
-        match self.call(&inv, &[quota]).await.map(|r| r.decisions.first().copied()) {
+        match self
+            .call(&inv, &[quota])
+            .await
+            .map(|r| r.decisions.first().copied())
+        {
             Some(Some(d)) => {
                 if let Decision::Denied { retry_after, .. } = d {
                     inner.refused.remember(name, retry_after);
@@ -282,11 +293,7 @@ impl Shared {
 
     /// One script call, bounded by `timeout`; `None` (counted as a fallback)
     /// when Redis is down or the call failed.
-    async fn call(
-        &self,
-        inv: &redis::ScriptInvocation<'_>,
-        limiters: &[Quota],
-    ) -> Option<Reply> {
+    async fn call(&self, inv: &redis::ScriptInvocation<'_>, limiters: &[Quota]) -> Option<Reply> {
         let inner = &*self.inner;
         if !inner.up.load(Ordering::Acquire) {
             inner.metrics.fallback.inc();
@@ -316,10 +323,7 @@ impl Shared {
             Ok(Err(e)) => (classify(&e), e.to_string()),
             Err(_) => (
                 ErrorKind::Timeout,
-                format!(
-                    "no answer within {} ms",
-                    inner.settings.timeout.as_millis()
-                ),
+                format!("no answer within {} ms", inner.settings.timeout.as_millis()),
             ),
         };
         inner.failed(failure.0, &failure.1);
@@ -391,7 +395,9 @@ async fn probe(inner: Weak<Inner>) {
                 };
                 if first || inner.up.load(Ordering::Acquire) {
                     // The warm-up ping at start: Redis was never reachable.
-                    inner.failures_in_a_row.store(FAILURES_TO_DOWN, Ordering::Relaxed);
+                    inner
+                        .failures_in_a_row
+                        .store(FAILURES_TO_DOWN, Ordering::Relaxed);
                     inner.failed(kind, &reason);
                 }
                 match connect(&inner.settings) {
@@ -424,11 +430,13 @@ fn connect(settings: &Settings) -> Result<Conn, StartError> {
                 .retries(1)
                 .build()
                 .map_err(err)?;
-            Ok(Conn::Cluster(client.get_pending_async_connection_with_config(
-                redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(PROBE_TIMEOUT)
-                    .set_response_timeout(PROBE_TIMEOUT),
-            )))
+            Ok(Conn::Cluster(
+                client.get_pending_async_connection_with_config(
+                    redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(PROBE_TIMEOUT)
+                        .set_response_timeout(PROBE_TIMEOUT),
+                ),
+            ))
         }
     }
 }

@@ -112,8 +112,7 @@ impl Quota {
 
     /// governor's `tau`: the tolerance beyond one cell.
     fn tau_ns(&self) -> u64 {
-        self.t_ns()
-            .saturating_mul(u64::from(self.burst.get() - 1))
+        self.t_ns().saturating_mul(u64::from(self.burst.get() - 1))
     }
 
     /// Part of every key name: a changed quota starts fresh, an unchanged

@@ -165,7 +165,10 @@ pub fn validate(raw: &RawSettings) -> Result<Settings, Vec<FieldError>> {
             }
         },
         Some(RawRedis::Nodes(nodes)) if nodes.is_empty() => {
-            err("redis", "a list of Redis Cluster nodes must name at least one".into());
+            err(
+                "redis",
+                "a list of Redis Cluster nodes must name at least one".into(),
+            );
             None
         }
         Some(RawRedis::Nodes(nodes)) => {
@@ -269,7 +272,9 @@ fn check_url(url: &str, cluster_node: bool) -> Result<bool, String> {
         Some("rediss") => true,
         Some("unix" | "redis+unix") if !cluster_node => false,
         Some("unix" | "redis+unix") => {
-            return Err("Redis Cluster nodes are reached over TCP: use redis:// or rediss://".into());
+            return Err(
+                "Redis Cluster nodes are reached over TCP: use redis:// or rediss://".into(),
+            );
         }
         _ => {
             return Err(if cluster_node {
@@ -324,7 +329,7 @@ mod tests {
         assert_eq!(s.redis, Target::Single("redis://127.0.0.1:6379/0".into()));
 
         let s = validate(&raw(
-            "redis: [redis://10.0.0.1:7000, redis://10.0.0.2:7000]\nprefix: gw:\ntimeout: 50ms\non_unavailable: deny",
+            "redis: [redis://10.0.0.1:7000, redis://10.0.0.2:7000]\nprefix: 'gw:'\ntimeout: 50ms\non_unavailable: deny",
         ))
         .expect("valid");
         assert!(s.redis.is_cluster());
