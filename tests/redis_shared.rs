@@ -469,3 +469,30 @@ async fn redis_down_falls_back_fast_then_shares_again() {
     }
     assert_eq!(allowed, 10);
 }
+
+#[tokio::test]
+async fn unreachable_at_start_is_down_until_it_answers() {
+    let mut server = RedisServer::tcp();
+    server.kill();
+    let timeout = Duration::from_millis(100);
+    let gw = Gateway::start(Target::Single(server.url()), timeout);
+    let limits = key_only("acme", "ci", quota(10, HOUR, 10));
+    // The warm-up probe or the first calls find it down; no call waits
+    // much longer than the timeout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.shared.is_up() {
+        assert!(Instant::now() < deadline, "never marked down");
+        let started = Instant::now();
+        assert_eq!(gw.shared.check_request(&limits).await, Answer::Unavailable);
+        assert!(started.elapsed() < timeout + Duration::from_secs(1));
+    }
+    assert_eq!(gw.shared.check_request(&limits).await, Answer::Unavailable);
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !gw.shared.is_up() {
+        assert!(Instant::now() < deadline, "Redis not seen up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = check(&gw.shared, &limits).await;
+    assert!(c.key.expect("key").is_allowed() && c.at.is_some());
+}
