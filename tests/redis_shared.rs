@@ -15,9 +15,9 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use prometheus_client::registry::Registry;
 use twenty_gateway::cluster::{
-    Answer, Checked, Decision, OnUnavailable, Quota, RawSettings, RedisMetrics, RequestLimits,
-    Settings, Shared, Target,
+    Answer, Checked, RawSettings, RedisMetrics, RequestLimits, Settings, Shared, Target,
 };
+use twenty_gateway::ratelimit::{Decision, Limiter, OnUnavailable, Rate as Quota};
 
 use redis_support::{RedisCluster, RedisServer};
 
@@ -216,47 +216,6 @@ async fn redis_cluster_shares_key_tenant_and_brake() {
     assert_keys_are_bounded(&cluster.keys_with_ttl());
 }
 
-/// governor's own limiter, as `proxy::ratelimit::Limiter::check` maps it.
-struct Local {
-    q: Quota,
-    gcra: RateLimiter<NotKeyed, InMemoryState, FakeRelativeClock, StateInformationMiddleware>,
-}
-
-impl Local {
-    fn new(q: Quota, clock: &FakeRelativeClock) -> Local {
-        let gq = governor::Quota::with_period(q.interval())
-            .expect("nonzero interval")
-            .allow_burst(q.burst);
-        Local {
-            q,
-            gcra: RateLimiter::direct_with_clock(gq, clock.clone())
-                .with_middleware::<StateInformationMiddleware>(),
-        }
-    }
-
-    fn check(&self) -> Decision {
-        let interval = self.q.interval();
-        let burst = self.q.burst.get();
-        let ceil = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
-        match self.gcra.check() {
-            Ok(state) => {
-                let remaining = state.remaining_burst_capacity();
-                Decision::Allowed {
-                    remaining,
-                    reset: ceil(interval * burst.saturating_sub(remaining)),
-                }
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.gcra.clock().now());
-                Decision::Denied {
-                    retry_after: wait,
-                    reset: ceil(wait + interval * burst.saturating_sub(1)),
-                }
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn decisions_equal_the_local_limiter() {
     let server = RedisServer::tcp();
@@ -271,7 +230,9 @@ async fn decisions_equal_the_local_limiter() {
         brake: None,
     };
     let clock = FakeRelativeClock::default();
-    let (key_l, tenant_l) = (Local::new(key_q, &clock), Local::new(tenant_q, &clock));
+    // The gateway's own limiter, on a clock that follows Redis's.
+    let key_l = Limiter::with_clock(key_q, clock.clone());
+    let tenant_l = Limiter::with_clock(tenant_q, clock.clone());
     let (mut base, mut clock_at) = (None, Duration::ZERO);
     let (mut allowed, mut key_denied, mut tenant_denied, mut remembered) = (0, 0, 0, 0);
     let mut seed = 0x2545_f491_u64;

@@ -32,8 +32,12 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
 pub use metrics::{ErrorKind, RedisMetrics};
-pub use script::{Decision, Quota, ip_bucket};
-pub use settings::{OnUnavailable, RawSettings, Settings, Target, validate};
+pub use settings::{RawSettings, Settings, Target, validate};
+
+use crate::ratelimit::{
+    Decision, LimitEntry, OnUnavailable, Owner, Rate, SharedChecked, SharedFuture, SharedLimits,
+    SharedRequest, Unavailable,
+};
 
 use script::{Keys, Reply};
 
@@ -62,11 +66,11 @@ pub enum Answer<T> {
 pub struct RequestLimits<'a> {
     pub tenant: &'a str,
     /// The key's id and its quota, if it has one.
-    pub key: Option<(&'a str, Quota)>,
+    pub key: Option<(&'a str, Rate)>,
     /// The tenant's shared cap, if it has one.
-    pub tenant_quota: Option<Quota>,
+    pub tenant_quota: Option<Rate>,
     /// The client address and `auth_failures_per_ip`, if the brake is on.
-    pub brake: Option<(IpAddr, Quota)>,
+    pub brake: Option<(IpAddr, Rate)>,
 }
 
 /// The shared decisions for one request.
@@ -173,7 +177,7 @@ impl Shared {
             && let Some(wait) = inner.refused.left(name)
         {
             return Answer::Shared(Checked {
-                key: Some(q.denied(wait)),
+                key: Some(Decision::denied(*q, wait)),
                 ..Checked::default()
             });
         }
@@ -184,8 +188,8 @@ impl Shared {
             return Answer::Shared(Checked::default());
         }
 
-        let limiters: Vec<&(String, Quota)> = key.iter().chain(tenant.iter()).collect();
-        let quotas: Vec<Quota> = limiters.iter().map(|(_, q)| *q).collect();
+        let limiters: Vec<&(String, Rate)> = key.iter().chain(tenant.iter()).collect();
+        let quotas: Vec<Rate> = limiters.iter().map(|(_, q)| *q).collect();
         let mut inv = inner.script.prepare_invoke();
         if let Some(b) = &block_key {
             inv.key(b);
@@ -233,7 +237,7 @@ impl Shared {
         &self,
         tenant: &str,
         ip: IpAddr,
-        quota: Quota,
+        quota: Rate,
     ) -> Answer<Option<Duration>> {
         let inner = &*self.inner;
         let block = inner.keys.block(tenant, ip, &quota);
@@ -259,17 +263,17 @@ impl Shared {
 
     /// Whether `ip` is braked, from what this gateway has learnt from Redis
     /// (no Redis call): for requests that would otherwise not ask it.
-    pub fn known_blocked(&self, tenant: &str, ip: IpAddr, quota: Quota) -> Option<Duration> {
+    pub fn known_blocked(&self, tenant: &str, ip: IpAddr, quota: Rate) -> Option<Duration> {
         let inner = &*self.inner;
         inner.blocked.left(&inner.keys.block(tenant, ip, &quota))
     }
 
     /// `limits.anonymous_per_ip` for a request on a route without a key.
-    pub async fn check_anonymous(&self, ip: IpAddr, quota: Quota) -> Answer<Decision> {
+    pub async fn check_anonymous(&self, ip: IpAddr, quota: Rate) -> Answer<Decision> {
         let inner = &*self.inner;
         let name = inner.keys.anonymous(ip, &quota);
         if let Some(wait) = inner.refused.left(&name) {
-            return Answer::Shared(quota.denied(wait));
+            return Answer::Shared(Decision::denied(quota, wait));
         }
         let mut inv = inner.script.prepare_invoke();
         inv.key(&name);
@@ -293,7 +297,7 @@ impl Shared {
 
     /// One script call, bounded by `timeout`; `None` (counted as a fallback)
     /// when Redis is down or the call failed.
-    async fn call(&self, inv: &redis::ScriptInvocation<'_>, limiters: &[Quota]) -> Option<Reply> {
+    async fn call(&self, inv: &redis::ScriptInvocation<'_>, limiters: &[Rate]) -> Option<Reply> {
         let inner = &*self.inner;
         if !inner.up.load(Ordering::Acquire) {
             inner.metrics.fallback.inc();
@@ -329,6 +333,53 @@ impl Shared {
         inner.failed(failure.0, &failure.1);
         inner.metrics.fallback.inc();
         None
+    }
+}
+
+/// The pipeline's seam: the same decisions, in the shapes the local
+/// limiters give.
+impl SharedLimits for Shared {
+    fn on_unavailable(&self) -> OnUnavailable {
+        self.inner.settings.on_unavailable
+    }
+
+    fn check<'a>(&'a self, req: SharedRequest<'a>) -> SharedFuture<'a, SharedChecked> {
+        Box::pin(async move {
+            let key_id = |l: &'a LimitEntry| match &l.owner {
+                Owner::Key(id) | Owner::Tenant(id) => (&**id, l.rate),
+            };
+            let limits = RequestLimits {
+                tenant: req.tenant,
+                key: req.key.map(key_id),
+                tenant_quota: req.tenant_limit.map(|l| l.rate),
+                brake: req.brake,
+            };
+            match self.check_request(&limits).await {
+                Answer::Shared(Checked {
+                    braked: Some(left), ..
+                }) => Ok(SharedChecked::Braked(left)),
+                Answer::Shared(c) => Ok(SharedChecked::Limits([c.key, c.tenant])),
+                Answer::Unavailable => Err(Unavailable),
+            }
+        })
+    }
+
+    fn record_failure<'a>(
+        &'a self,
+        tenant: &'a str,
+        ip: IpAddr,
+        rate: Rate,
+    ) -> SharedFuture<'a, Option<Duration>> {
+        Box::pin(async move {
+            match self.record_auth_failure(tenant, ip, rate).await {
+                Answer::Shared(blocked) => Ok(blocked),
+                Answer::Unavailable => Err(Unavailable),
+            }
+        })
+    }
+
+    fn known_blocked(&self, tenant: &str, ip: IpAddr, rate: Rate) -> Option<Duration> {
+        Shared::known_blocked(self, tenant, ip, rate)
     }
 }
 

@@ -15,9 +15,10 @@
 //! `tau + t` (exact below 2^53 ns, about 104 days).
 
 use std::fmt::Write;
-use std::net::{IpAddr, Ipv6Addr};
-use std::num::NonZeroU32;
+use std::net::IpAddr;
 use std::time::Duration;
+
+use crate::ratelimit::{Decision, Rate, ip_bucket};
 
 /// KEYS: `[block]`, then one key per GCRA limiter.
 /// ARGV: op (`check` | `fail`), has_block (`0` | `1`), then `t`, `tau` per
@@ -88,100 +89,35 @@ end
 return out
 "#;
 
-/// A limiter's quota: the same meaning as the local limiter's
-/// (`Quota::with_period(per / requests).allow_burst(burst)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Quota {
-    pub requests: NonZeroU32,
-    pub per: Duration,
-    pub burst: NonZeroU32,
+/// governor's `t`: one cell's interval, at least 1 ns.
+fn t_ns(rate: &Rate) -> u64 {
+    u64::try_from(rate.interval().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
-impl Quota {
-    /// Time for one cell to replenish.
-    pub fn interval(&self) -> Duration {
-        self.per / self.requests.get()
-    }
-
-    /// governor's `t`: the interval, at least 1 ns.
-    fn t_ns(&self) -> u64 {
-        u64::try_from(self.interval().as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1)
-    }
-
-    /// governor's `tau`: the tolerance beyond one cell.
-    fn tau_ns(&self) -> u64 {
-        self.t_ns().saturating_mul(u64::from(self.burst.get() - 1))
-    }
-
-    /// Part of every key name: a changed quota starts fresh, an unchanged
-    /// one continues across reloads and restarts.
-    fn fingerprint(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            "q{}p{}b{}",
-            self.requests,
-            self.per.as_nanos(),
-            self.burst
-        );
-    }
-
-    /// The decision for an allowed request that found `backlog` ns queued
-    /// (the local limiter's arithmetic, `proxy::ratelimit::Limiter::check`).
-    pub(super) fn allowed(&self, backlog: u64) -> Decision {
-        let (t, tau) = (self.t_ns(), self.tau_ns());
-        let remaining = u32::try_from(tau.saturating_sub(backlog) / t).unwrap_or(u32::MAX);
-        let used = self.burst.get().saturating_sub(remaining);
-        Decision::Allowed {
-            remaining,
-            reset: ceil_secs(self.interval() * used),
-        }
-    }
-
-    /// The decision for a refused request that must wait `wait`.
-    pub(super) fn denied(&self, wait: Duration) -> Decision {
-        let full = wait + self.interval() * self.burst.get().saturating_sub(1);
-        Decision::Denied {
-            retry_after: wait,
-            reset: ceil_secs(full),
-        }
-    }
+/// governor's `tau`: the tolerance beyond one cell.
+fn tau_ns(rate: &Rate) -> u64 {
+    t_ns(rate).saturating_mul(u64::from(rate.burst.get() - 1))
 }
 
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+/// Part of every key name: a changed quota starts fresh, an unchanged one
+/// continues across reloads and restarts.
+fn fingerprint(rate: &Rate, out: &mut String) {
+    let _ = write!(
+        out,
+        "q{}p{}b{}",
+        rate.requests,
+        rate.per.as_nanos(),
+        rate.burst
+    );
 }
 
-/// One limiter's answer, with what the `RateLimit` field reports (the same
-/// shape as `proxy::ratelimit::Decision`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// `remaining` requests could be sent now; full again in `reset` seconds.
-    Allowed { remaining: u32, reset: u64 },
-    /// Denied; the next request is allowed after `retry_after`.
-    Denied { retry_after: Duration, reset: u64 },
-}
-
-impl Decision {
-    pub fn is_allowed(&self) -> bool {
-        matches!(self, Decision::Allowed { .. })
-    }
-}
-
-/// IPv6 clients usually own a whole /64: they are counted by it (as the
-/// local brake does).
-pub fn ip_bucket(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
+/// The decision for an allowed request that found `backlog` ns queued:
+/// governor's remaining capacity, `(tau - backlog) / t` cells.
+fn allowed(rate: Rate, backlog: u64) -> Decision {
+    let remaining = tau_ns(&rate).saturating_sub(backlog) / t_ns(&rate);
+    Decision::allowed(rate, u32::try_from(remaining).unwrap_or(u32::MAX))
 }
 
 /// Builds key names: `<prefix>{t:<tenant>}:<kind>:...`. The hash tag puts
@@ -206,19 +142,19 @@ impl Keys {
         k
     }
 
-    pub fn key(&self, tenant: &str, key_id: &str, q: &Quota) -> String {
+    pub fn key(&self, tenant: &str, key_id: &str, q: &Rate) -> String {
         let mut k = self.tenant_tag(tenant);
         k.push_str(":k:");
         escape(key_id, &mut k);
         k.push(':');
-        q.fingerprint(&mut k);
+        fingerprint(q, &mut k);
         k
     }
 
-    pub fn tenant(&self, tenant: &str, q: &Quota) -> String {
+    pub fn tenant(&self, tenant: &str, q: &Rate) -> String {
         let mut k = self.tenant_tag(tenant);
         k.push_str(":t:");
-        q.fingerprint(&mut k);
+        fingerprint(q, &mut k);
         k
     }
 
@@ -235,24 +171,24 @@ impl Keys {
     }
 
     /// The brake's failure counter (a GCRA at `auth_failures_per_ip`).
-    pub fn failures(&self, tenant: &str, ip: IpAddr, q: &Quota) -> String {
+    pub fn failures(&self, tenant: &str, ip: IpAddr, q: &Rate) -> String {
         let mut k = self.brake_base(tenant, ip, "f");
-        q.fingerprint(&mut k);
+        fingerprint(q, &mut k);
         k
     }
 
     /// "Blocked until": set when the failure counter refuses.
-    pub fn block(&self, tenant: &str, ip: IpAddr, q: &Quota) -> String {
+    pub fn block(&self, tenant: &str, ip: IpAddr, q: &Rate) -> String {
         let mut k = self.brake_base(tenant, ip, "b");
-        q.fingerprint(&mut k);
+        fingerprint(q, &mut k);
         k
     }
 
     /// `limits.anonymous_per_ip`: one GCRA per client address.
-    pub fn anonymous(&self, ip: IpAddr, q: &Quota) -> String {
+    pub fn anonymous(&self, ip: IpAddr, q: &Rate) -> String {
         let mut k = self.prefix.clone();
         let _ = write!(k, "a:{}:", ip_bucket(ip));
-        q.fingerprint(&mut k);
+        fingerprint(q, &mut k);
         k
     }
 }
@@ -278,19 +214,19 @@ pub(super) struct Reply {
     pub decisions: Vec<Decision>,
 }
 
-pub(super) fn args(op: &str, has_block: bool, limiters: &[Quota]) -> Vec<String> {
+pub(super) fn args(op: &str, has_block: bool, limiters: &[Rate]) -> Vec<String> {
     let mut a = Vec::with_capacity(2 + 2 * limiters.len());
     a.push(op.to_string());
     a.push(if has_block { "1" } else { "0" }.to_string());
     for q in limiters {
-        a.push(q.t_ns().to_string());
-        a.push(q.tau_ns().to_string());
+        a.push(t_ns(q).to_string());
+        a.push(tau_ns(q).to_string());
     }
     a
 }
 
 /// `None`: not the shape the script returns.
-pub(super) fn decode(v: &[i64], limiters: &[Quota]) -> Option<Reply> {
+pub(super) fn decode(v: &[i64], limiters: &[Rate]) -> Option<Reply> {
     let nonneg = |x: i64| u64::try_from(x).ok();
     let (&[s, ns, blocked, left], rest) = v.split_first_chunk::<4>()?;
     let now = Duration::from_secs(nonneg(s)?) + Duration::from_nanos(nonneg(ns)?);
@@ -306,8 +242,8 @@ pub(super) fn decode(v: &[i64], limiters: &[Quota]) -> Option<Reply> {
     for (pair, q) in rest.chunks_exact(2).zip(limiters) {
         let x = nonneg(pair[1])?;
         decisions.push(match pair[0] {
-            1 => q.allowed(x),
-            0 => q.denied(Duration::from_nanos(x)),
+            1 => allowed(*q, x),
+            0 => Decision::denied(*q, Duration::from_nanos(x)),
             _ => return None,
         });
     }
@@ -320,10 +256,12 @@ pub(super) fn decode(v: &[i64], limiters: &[Quota]) -> Option<Reply> {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
-    fn q(requests: u32, per: Duration, burst: u32) -> Quota {
-        Quota {
+    fn q(requests: u32, per: Duration, burst: u32) -> Rate {
+        Rate {
             requests: NonZeroU32::new(requests).unwrap(),
             per,
             burst: NonZeroU32::new(burst).unwrap(),
@@ -359,7 +297,7 @@ mod tests {
         // {requests: 600, per: 1m, burst: 50}: first response r=49, t=1.
         let quota = q(600, Duration::from_secs(60), 50);
         assert_eq!(
-            quota.allowed(0),
+            allowed(quota, 0),
             Decision::Allowed {
                 remaining: 49,
                 reset: 1
@@ -367,7 +305,7 @@ mod tests {
         );
         let quota = q(1, Duration::from_secs(10), 2);
         assert_eq!(
-            quota.denied(Duration::from_secs(10)),
+            Decision::denied(quota, Duration::from_secs(10)),
             Decision::Denied {
                 retry_after: Duration::from_secs(10),
                 reset: 20

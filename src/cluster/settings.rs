@@ -10,6 +10,8 @@ use std::time::Duration;
 use redis::IntoConnectionInfo;
 use serde::Deserialize;
 
+pub use crate::ratelimit::OnUnavailable;
+
 /// `cluster:` as written in `gateway.yaml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,27 +106,6 @@ impl fmt::Display for Target {
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
-    }
-}
-
-/// What a request gets when Redis cannot answer within `timeout`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnUnavailable {
-    /// Enforce every limit in this gateway's own memory.
-    Local,
-    /// Let requests through unlimited (the brake too).
-    Allow,
-    /// 503 to requests with a valid key.
-    Deny,
-}
-
-impl OnUnavailable {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnUnavailable::Local => "local",
-            OnUnavailable::Allow => "allow",
-            OnUnavailable::Deny => "deny",
-        }
     }
 }
 

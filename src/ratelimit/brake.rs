@@ -15,6 +15,21 @@ use super::local::quota;
 /// dropped (see [`AuthBrake::record_failure`]).
 const BRAKE_MAX_TRACKED: usize = 100_000;
 
+/// IPv6 clients usually own a whole /64: count them by it, or one client
+/// gets 2^64 fresh budgets.
+pub fn ip_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// The brute-force brake: counts failed key checks per client IP and, past
 /// the limit, refuses every authenticated request from that IP for a while.
 pub struct AuthBrake {
@@ -37,24 +52,9 @@ impl AuthBrake {
         self.rate
     }
 
-    /// IPv6 clients usually own a whole /64: count them by it, or one client
-    /// gets 2^64 fresh budgets.
-    fn bucket(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let s = v6.segments();
-                    IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-                }
-            },
-        }
-    }
-
     /// Remaining block time for this client, if it is braked.
     pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
-        let ip = Self::bucket(ip);
+        let ip = ip_bucket(ip);
         let until = *self.blocked.get(&ip)?;
         let now = Instant::now();
         if until > now {
@@ -68,7 +68,7 @@ impl AuthBrake {
     /// Count one failed attempt; returns the block time if this one tipped
     /// the client over the limit.
     pub fn record_failure(&self, ip: IpAddr) -> Option<Duration> {
-        let ip = Self::bucket(ip);
+        let ip = ip_bucket(ip);
         let failures = self.failures.load();
         if failures.len() >= BRAKE_MAX_TRACKED {
             failures.retain_recent();
