@@ -9,10 +9,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::RateLimiter;
-use governor::clock::{Clock, FakeRelativeClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::clock::FakeRelativeClock;
 use prometheus_client::registry::Registry;
 use twenty_gateway::cluster::{
     Answer, Checked, RawSettings, RedisMetrics, RequestLimits, Settings, Shared, Target,
