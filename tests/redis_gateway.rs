@@ -129,6 +129,38 @@ async fn two_gateways_share_one_key_quota_and_the_brake() {
 }
 
 #[tokio::test]
+async fn two_gateways_share_over_rediss() {
+    // The gateways trust the development CA through SSL_CERT_FILE (read by
+    // the system-roots loader the Redis client uses).
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let ca = certs.join("dev-ca.crt");
+    let redis = RedisServer::tls(
+        &certs.join("localhost.crt"),
+        &certs.join("localhost.key"),
+        &ca,
+    );
+    let up = spawn_upstream("core").await;
+    let conf = conf(&up, &redis.url(), "deny");
+    let ca = ca.display().to_string();
+    let g1 = conf
+        .spawn_in(GatewaySetup::new().env("SSL_CERT_FILE", &ca))
+        .await;
+    let g2 = conf
+        .spawn_in(GatewaySetup::new().env("SSL_CERT_FILE", &ca))
+        .await;
+    share_ten([&g1, &g2]).await;
+    assert!(redis.calls("evalsha") >= 11);
+
+    // Without the CA the certificate is refused: Redis is unavailable
+    // (here: 503), nothing panics.
+    let g3 = conf
+        .spawn_in(GatewaySetup::new().env("SSL_CERT_FILE", "/nonexistent"))
+        .await;
+    let (r, _) = get(&g3, "beta.gw.test", Some(TOKEN_BETA)).await;
+    assert_rest_error(&r, 503, "SERVICE_UNAVAILABLE");
+}
+
+#[tokio::test]
 async fn redis_cluster_shares_one_key_quota() {
     let cluster = RedisCluster::start();
     let up = spawn_upstream("core").await;

@@ -29,6 +29,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: Option<u16>,
     pub socket: Option<PathBuf>,
+    /// TLS only: the CA that issued the server's certificate.
+    pub tls_ca: Option<PathBuf>,
     args: Vec<String>,
     dir: tempfile::TempDir,
 }
@@ -55,6 +57,38 @@ impl RedisServer {
             child: None,
             port: None,
             socket: Some(socket),
+            tls_ca: None,
+            args,
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    /// TLS only (`--port 0 --tls-port P`), with this certificate (which must
+    /// cover `localhost`) issued by `ca`; clients need no certificate.
+    pub fn tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port(false);
+        let args = vec![
+            "--port".to_string(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let mut s = RedisServer {
+            child: None,
+            port: Some(port),
+            socket: None,
+            tls_ca: Some(ca.to_path_buf()),
             args,
             dir,
         };
@@ -86,6 +120,7 @@ impl RedisServer {
             child: None,
             port: Some(port),
             socket: None,
+            tls_ca: None,
             args,
             dir,
         };
@@ -114,6 +149,7 @@ impl RedisServer {
     pub fn url(&self) -> String {
         match (&self.socket, self.port) {
             (Some(s), _) => format!("unix://{}", s.display()),
+            (None, Some(p)) if self.tls_ca.is_some() => format!("rediss://localhost:{p}"),
             (None, Some(p)) => format!("redis://127.0.0.1:{p}"),
             (None, None) => unreachable!("a server has a port or a socket"),
         }
@@ -127,6 +163,9 @@ impl RedisServer {
             (None, Some(p)) => cmd.args(["-h", "127.0.0.1", "-p", &p.to_string()]),
             (None, None) => unreachable!(),
         };
+        if let Some(ca) = &self.tls_ca {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
         let out = cmd
             .args(args)
             .stdin(Stdio::null())
