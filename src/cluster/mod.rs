@@ -152,6 +152,13 @@ impl Shared {
         self.inner.settings.on_unavailable
     }
 
+    /// Forget refusals and blocks that have ended (they are also dropped
+    /// when looked up, and the maps are bounded).
+    pub fn housekeeping(&self) {
+        self.inner.refused.prune();
+        self.inner.blocked.prune();
+    }
+
     /// Whether requests are decided by Redis (false: by the fallback).
     pub fn is_up(&self) -> bool {
         self.inner.up.load(Ordering::Acquire)
@@ -523,10 +530,15 @@ impl Deadlines {
         }
     }
 
+    fn prune(&self) {
+        let now = Instant::now();
+        self.0.retain(|_, u| *u > now);
+    }
+
     fn remember(&self, name: String, left: Duration) {
         let now = Instant::now();
         if self.0.len() >= MAX_REMEMBERED {
-            self.0.retain(|_, u| *u > now);
+            self.prune();
             if self.0.len() >= MAX_REMEMBERED {
                 // Full of live refusals: Redis is asked again, memory stays bounded.
                 return;

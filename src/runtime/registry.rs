@@ -127,12 +127,20 @@ impl Registry {
         }
     }
 
-    /// Periodic upkeep: forget idle auth-failure counters, close idle
-    /// upstream connections past their time.
+    /// Periodic upkeep: forget idle auth-failure counters and ended Redis
+    /// refusals, close idle upstream connections past their time.
     pub fn housekeeping(&self) {
         let brake = self.brake.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(brake) = brake {
             brake.housekeeping();
+        }
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(shared) = shared {
+            shared.housekeeping();
         }
         self.upstream.prune_idle();
     }
