@@ -111,7 +111,7 @@ fn bench(c: &mut Criterion) {
                         host: &host,
                         request_id: &rid,
                         tenant: &cfg.tenants[0].header,
-                        key_id: Some(&cfg.keys.keys[0].header),
+                        key_id: cfg.keys.iter().next().map(|k| &k.header),
                         authorization: None,
                         websocket: false,
                     },

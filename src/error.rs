@@ -55,6 +55,8 @@ pub enum GatewayError {
     NoRoute,
     #[error("missing API key")]
     MissingKey,
+    #[error("missing or empty token query parameter on a twenty_token route")]
+    MissingToken,
     #[error("invalid API key")]
     InvalidKey,
     #[error("expired API key")]
@@ -336,6 +338,12 @@ impl GatewayError {
                 Outcome::MissingKey,
                 "Missing API key",
             ),
+            E::MissingToken => row(
+                S::UNAUTHORIZED,
+                UNAUTH,
+                Outcome::MissingKey,
+                "Missing token",
+            ),
             E::InvalidKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::InvalidKey, REFUSED),
             E::ExpiredKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::ExpiredKey, REFUSED),
             E::RevokedKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::RevokedKey, REFUSED),
@@ -507,6 +515,7 @@ mod tests {
             GatewayError::UnknownHost,
             GatewayError::NoRoute,
             GatewayError::MissingKey,
+            GatewayError::MissingToken,
             GatewayError::InvalidKey,
             GatewayError::ExpiredKey,
             GatewayError::RevokedKey,
@@ -539,6 +548,7 @@ mod tests {
                 (421, "MISDIRECTED_REQUEST", "misdirected"),
                 (404, "NOT_FOUND", "unknown_host"),
                 (404, "NOT_FOUND", "no_route"),
+                (401, "UNAUTHENTICATED", "missing_key"),
                 (401, "UNAUTHENTICATED", "missing_key"),
                 (401, "UNAUTHENTICATED", "invalid_key"),
                 (401, "UNAUTHENTICATED", "expired_key"),

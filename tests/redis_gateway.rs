@@ -129,6 +129,28 @@ async fn two_gateways_share_one_key_quota_and_the_brake() {
 }
 
 #[tokio::test]
+async fn anonymous_budget_is_shared() {
+    let redis = RedisServer::tcp();
+    let up = spawn_upstream("core").await;
+    let conf = conf(&up, &redis.url(), "local")
+        .limit("anonymous_per_ip: { requests: 5, per: 1h }")
+        .routes("  - { prefix: /open-api, upstream: core, auth: none }\n  - { prefix: /rest, upstream: core }\n");
+    let (g1, g2) = (conf.spawn().await, conf.spawn().await);
+    let mut statuses = Vec::new();
+    for i in 0..8usize {
+        let mut c = [&g1, &g2][i % 2].h1("acme.gw.test").await;
+        statuses.push(c.get("/open-api/core", &[]).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    assert!(
+        redis
+            .keys_with_ttl()
+            .iter()
+            .any(|(k, _)| k.starts_with("twenty-gateway:a:127.0.0.1:"))
+    );
+}
+
+#[tokio::test]
 async fn two_gateways_share_over_rediss() {
     // The gateways trust the development CA through SSL_CERT_FILE (read by
     // the system-roots loader the Redis client uses).

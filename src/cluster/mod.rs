@@ -388,6 +388,15 @@ impl SharedLimits for Shared {
     fn known_blocked(&self, tenant: &str, ip: IpAddr, rate: Rate) -> Option<Duration> {
         Shared::known_blocked(self, tenant, ip, rate)
     }
+
+    fn check_anonymous<'a>(&'a self, ip: IpAddr, rate: Rate) -> SharedFuture<'a, Decision> {
+        Box::pin(async move {
+            match Shared::check_anonymous(self, ip, rate).await {
+                Answer::Shared(d) => Ok(d),
+                Answer::Unavailable => Err(Unavailable),
+            }
+        })
+    }
 }
 
 impl Inner {

@@ -18,7 +18,8 @@ use std::fmt::Write;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::ratelimit::{Decision, Rate, ip_bucket};
+use crate::ratelimit::per_ip::bucket as ip_bucket;
+use crate::ratelimit::{Decision, Rate};
 
 /// KEYS: `[block]`, then one key per GCRA limiter.
 /// ARGV: op (`check` | `fail`), has_block (`0` | `1`), then `t`, `tau` per

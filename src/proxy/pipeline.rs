@@ -18,6 +18,7 @@ use crate::ratelimit::{
     self, AuthBrake, Checked, OnUnavailable, SharedChecked, SharedLimits, SharedRequest,
     state_field,
 };
+use crate::route::RouteAuth;
 use crate::runtime::{Gateway, KeyEntry, RouteEntry, Snapshot, TenantEntry};
 use crate::upstream::{self, Forwarding, RequestBody};
 use crate::{permission, target};
@@ -45,32 +46,39 @@ pub async fn run(
     //    lookups that need no credentials.
     let (tenant, route) = select(snap, &host, parts.uri.path(), ctx)?;
 
-    // 4. Authentication, on routes that want it (the brake first: a braked
-    //    client is refused before we spend a hash on its guess).
-    let key = if route.route.auth {
-        let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx).await?;
+    // 4. Authentication, on routes that want a key (the brake first: a
+    //    braked client is refused before we spend a hash on its guess).
+    let key = match route.route.auth {
+        RouteAuth::Key => {
+            let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx).await?;
 
-        // 5. Rate limits: the key's own, then the tenant's shared one. Only
-        //    authenticated requests count, so a stranger cannot drain a
-        //    tenant's quota. With `cluster`, Redis decides (and checks the
-        //    brake in the same round trip).
-        let checked = match &snap.shared {
-            None => Some(ratelimit::check_local(
-                key.limit.as_ref(),
-                tenant.limit.as_ref(),
-            )),
-            Some(shared) => check_shared(shared.as_ref(), snap, tenant, key, ctx).await?,
-        };
-        if let Some(checked) = checked {
-            apply_limits(key, &checked, ctx)?;
+            // 5. Rate limits: the key's own, then the tenant's shared one.
+            //    Only authenticated requests count, so a stranger cannot
+            //    drain a tenant's quota. With `cluster`, Redis decides (and
+            //    checks the brake in the same round trip).
+            let checked = match &snap.shared {
+                None => Some(ratelimit::check_local(
+                    key.limit.as_ref(),
+                    tenant.limit.as_ref(),
+                )),
+                Some(shared) => check_shared(shared.as_ref(), snap, tenant, key, ctx).await?,
+            };
+            if let Some(checked) = checked {
+                apply_limits(key, &checked, ctx)?;
+            }
+
+            // 6. Permission: what this key may do on this route. After the
+            //    limits, so a refused attempt uses quota like any other.
+            permission::check(&key.key, &route.route, &parts)?;
+            Some(key)
         }
-
-        // 6. Permission: what this key may do on this route. After the
-        //    limits, so a refused attempt uses quota like any other.
-        permission::check(&key.key, &route.route, &parts)?;
-        Some(key)
-    } else {
-        None
+        // 4'. Routes without a gateway key: every request (refusals too)
+        //     counts against the client's anonymous budget first, so open
+        //     routes cannot be used to flood Twenty.
+        open => {
+            open_route(snap, open, parts.uri.query(), ctx).await?;
+            None
+        }
     };
 
     // 7. A body announced larger than allowed is refused before we open an
@@ -96,7 +104,9 @@ pub async fn run(
             request_id: &ctx.request_id,
             tenant: &tenant.tenant.header,
             key_id: key.map(|k| &k.key.header),
-            authorization: tenant.tenant.upstream_authorization.as_ref(),
+            // The tenant's Twenty token only for requests with a gateway
+            // key: on open routes it would be Twenty's key for anyone.
+            authorization: key.and(tenant.tenant.upstream_authorization.as_ref()),
             websocket,
         },
     )?;
@@ -282,6 +292,39 @@ pub async fn check_shared(
             OnUnavailable::Deny => Err(GatewayError::LimiterUnavailable),
         },
     }
+}
+
+/// Step 4': a route without a gateway key — the client's anonymous budget,
+/// then (on `twenty_token` routes) Twenty's token in the query.
+pub async fn open_route(
+    snap: &Snapshot,
+    auth: RouteAuth,
+    query: Option<&str>,
+    ctx: &RequestCtx,
+) -> Result<(), GatewayError> {
+    if let Some(limit) = &snap.anonymous {
+        // With `cluster`, one budget per client across the fleet; when Redis
+        // cannot answer, the local one (`allow`: none; `deny` refuses only
+        // requests with a valid key, so it counts locally too).
+        let refused = match &snap.shared {
+            None => limit.check(ctx.client_ip).err(),
+            Some(shared) => match shared.check_anonymous(ctx.client_ip, limit.rate()).await {
+                Ok(ratelimit::Decision::Denied { retry_after, .. }) => Some(retry_after),
+                Ok(ratelimit::Decision::Allowed { .. }) => None,
+                Err(ratelimit::Unavailable) => match shared.on_unavailable() {
+                    OnUnavailable::Allow => None,
+                    OnUnavailable::Local | OnUnavailable::Deny => limit.check(ctx.client_ip).err(),
+                },
+            },
+        };
+        if let Some(retry_after) = refused {
+            return Err(GatewayError::RateLimited { retry_after });
+        }
+    }
+    if auth == RouteAuth::TwentyToken && !auth::has_twenty_token(query) {
+        return Err(GatewayError::MissingToken);
+    }
+    Ok(())
 }
 
 /// Step 5: the `RateLimit` fields for the response, and 429 if a limit

@@ -3,7 +3,8 @@
 //!
 //! - [`local`]: the gateway's own limiters (governor) and the registry that
 //!   carries their state across reloads.
-//! - [`brake`]: failed authentications per client IP.
+//! - [`brake`]: failed authentications per client IP; [`per_ip`]: a bounded
+//!   GCRA per client address (the brake's counts, `limits.anonymous_per_ip`).
 //! - The seam for limits shared by several gateways: [`SharedLimits`], an
 //!   async backend (Redis) the pipeline asks instead of the local limiters
 //!   when one is configured. Whichever answers, the decision has the same
@@ -12,6 +13,7 @@
 
 pub mod brake;
 pub mod local;
+pub mod per_ip;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -20,8 +22,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use brake::{AuthBrake, ip_bucket};
+pub use brake::AuthBrake;
 pub use local::{Limiter, LimiterRegistry, Owner};
+pub use per_ip::PerIp;
 
 /// A GCRA quota: `requests` per `per`, with `burst` cells of capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -184,6 +187,9 @@ pub trait SharedLimits: Send + Sync {
     /// A block the backend reported earlier and that still holds (no
     /// round trip): for requests refused before their key is checked.
     fn known_blocked(&self, tenant: &str, ip: IpAddr, rate: Rate) -> Option<Duration>;
+
+    /// `limits.anonymous_per_ip`: one request on a route without a key.
+    fn check_anonymous<'a>(&'a self, ip: IpAddr, rate: Rate) -> SharedFuture<'a, Decision>;
 }
 
 /// `"key";q=600;w=60, "tenant";q=100;w=60` for the limits that apply.

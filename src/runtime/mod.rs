@@ -21,7 +21,7 @@ use crate::cluster::RedisMetrics;
 use crate::config::{Config, Tenant};
 use crate::host::{HostTable, TenantId};
 use crate::metrics::{Metrics, RouteCounters};
-use crate::ratelimit::{AuthBrake, LimitEntry, Owner, SharedLimits, policy_field};
+use crate::ratelimit::{AuthBrake, LimitEntry, Owner, PerIp, SharedLimits, policy_field};
 use crate::route::{Route, RouteTable};
 use crate::tls::Certificates;
 use crate::upstream::Target;
@@ -68,6 +68,8 @@ pub struct Snapshot {
     pub brake: Option<Arc<AuthBrake>>,
     /// Limits and brake shared through Redis (`cluster`); `None`: local only.
     pub shared: Option<Arc<dyn SharedLimits>>,
+    /// `limits.anonymous_per_ip`: requests on routes without a gateway key.
+    pub anonymous: Option<Arc<PerIp>>,
 }
 
 impl Snapshot {
@@ -191,6 +193,10 @@ fn build_snapshot(
         .cluster
         .as_ref()
         .and_then(|settings| registry.shared(settings, used));
+    let anonymous = config
+        .limits
+        .anonymous_per_ip
+        .map(|rate| registry.anonymous(rate, used));
     Snapshot {
         config,
         generation,
@@ -199,5 +205,6 @@ fn build_snapshot(
         keys,
         brake,
         shared,
+        anonymous,
     }
 }
