@@ -146,30 +146,7 @@ struct Pending {
 /// checked with all of them removed (the rest must pass), and once with each one alone put back:
 /// an entry that passes alone is supported now and must be removed from this list (the test
 /// fails until it is), so the list never hides a field that works.
-const PENDING: &[Pending] = &[
-    Pending {
-        what: "limits.anonymous_per_ip (SPEC: All of Twenty's API surface)",
-        strip: |m| {
-            if let Some(Value::Mapping(l)) = m.get_mut("limits") {
-                l.remove("anonymous_per_ip");
-            }
-        },
-    },
-    Pending {
-        what: "routes[].auth: none | twenty_token (SPEC: All of Twenty's API surface)",
-        strip: |m| {
-            if let Some(Value::Sequence(routes)) = m.get_mut("routes") {
-                for r in routes.iter_mut() {
-                    if let Value::Mapping(r) = r
-                        && r.get("auth").and_then(Value::as_str).is_some()
-                    {
-                        r.remove("auth");
-                    }
-                }
-            }
-        },
-    },
-];
+const PENDING: &[Pending] = &[];
 
 fn strip_pending(config: &Value, keep: Option<usize>) -> String {
     let mut v = config.clone();
