@@ -28,6 +28,7 @@ pub mod healthcheck;
 pub mod metrics;
 // Steps: each owns its compiled table and how to check it.
 pub mod auth;
+pub mod cluster;
 pub mod host;
 pub mod permission;
 pub mod ratelimit;

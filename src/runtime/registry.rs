@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, PerIp, Rate};
+use crate::cluster::{RedisMetrics, Settings, Shared};
+use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, PerIp, Rate, SharedLimits};
 use crate::upstream::{Target, Upstream, UpstreamClient};
 
 pub struct Registry {
@@ -18,6 +19,11 @@ pub struct Registry {
     brake: Mutex<Option<Arc<AuthBrake>>>,
     anonymous: Mutex<Option<Arc<PerIp>>>,
     upstream: UpstreamClient,
+    /// The Redis connection of `cluster`, kept while its settings do not
+    /// change (and with it the up/down state and the local memory of
+    /// refusals).
+    shared: Mutex<Option<Shared>>,
+    redis_metrics: Arc<RedisMetrics>,
 }
 
 /// What one generation took from the registry.
@@ -26,6 +32,7 @@ pub struct Used {
     limits: HashSet<(Owner, Rate)>,
     servers: HashSet<Authority>,
     brake: bool,
+    shared: bool,
     anonymous: bool,
 }
 
@@ -52,12 +59,39 @@ fn take<T>(slot: &Mutex<Option<Arc<T>>>) -> Option<Arc<T>> {
 }
 
 impl Registry {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, redis_metrics: Arc<RedisMetrics>) -> Self {
         Registry {
             limiters: LimiterRegistry::default(),
             brake: Mutex::new(None),
             anonymous: Mutex::new(None),
             upstream: UpstreamClient::new(connect_timeout),
+            shared: Mutex::new(None),
+            redis_metrics,
+        }
+    }
+
+    /// The limits shared through Redis for `settings`: the running
+    /// connection if they did not change, else a new one (the old one closes
+    /// when the last request using it is done). Needs the Tokio runtime.
+    pub fn shared(&self, settings: &Settings, used: &mut Used) -> Option<Arc<dyn SharedLimits>> {
+        used.shared = true;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = &*shared
+            && s.settings() == settings
+        {
+            return Some(Arc::new(s.clone()));
+        }
+        match Shared::start(settings.clone(), self.redis_metrics.clone()) {
+            Ok(s) => {
+                *shared = Some(s.clone());
+                Some(Arc::new(s))
+            }
+            Err(e) => {
+                // Not expected (the URLs were validated): limits stay local.
+                tracing::error!(event = "redis_client_error", error = %e, "limits are not shared");
+                *shared = None;
+                None
+            }
         }
     }
 
@@ -114,16 +148,27 @@ impl Registry {
         if !used.brake {
             *self.brake.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
+        if !used.shared {
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         if !used.anonymous {
             *self.anonymous.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
-    /// Periodic upkeep: forget idle auth-failure counters, close idle
-    /// upstream connections past their time.
+    /// Periodic upkeep: forget idle auth-failure counters and ended Redis
+    /// refusals, close idle upstream connections past their time.
     pub fn housekeeping(&self) {
         if let Some(brake) = take(&self.brake) {
             brake.housekeeping();
+        }
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(shared) = shared {
+            shared.housekeeping();
         }
         if let Some(anonymous) = take(&self.anonymous) {
             anonymous.housekeeping();

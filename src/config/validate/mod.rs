@@ -7,9 +7,10 @@
 //!
 //! One file per part of the config: [`values`] (addresses, durations, sizes,
 //! rates, upstream URLs, limits), [`tenants`] (tenants, their hosts and
-//! upstream overrides), [`keys`]. Each compiles into the table of the step
+//! upstream overrides), [`keys`], [`cluster`]. Each compiles into the table of the step
 //! that uses it (host, route, auth).
 
+mod cluster;
 mod keys;
 mod tenants;
 mod values;
@@ -47,6 +48,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     pub keys: KeyTable,
     pub access_log: bool,
+    /// Limits shared through Redis, when `cluster` is set.
+    pub cluster: Option<crate::cluster::Settings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +141,10 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
     let (hosts, tenants, tenant_ids) =
         tenants::validate_tenants(&mut c, &raw, &upstreams, &routes, &dir);
     let keys = keys::validate_keys(&mut c, &raw.keys, &tenant_ids, &tenants, &limits);
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|r| cluster::validate_cluster(&mut c, r));
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors {
@@ -156,6 +163,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
         tenants,
         keys,
         access_log: raw.access_log.unwrap_or(true),
+        cluster,
     })
 }
 
