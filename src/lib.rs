@@ -35,6 +35,7 @@ pub mod error;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod scope;
 pub mod state;
 pub mod tls;
 
