@@ -10,8 +10,6 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::proxy::ratelimit::retry_after_secs;
-
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request target or request head was refused with 400.
@@ -43,6 +41,56 @@ pub enum BadRequest {
     Framing,
     #[error("method not supported by the gateway")]
     Method,
+    #[error("{0}")]
+    GraphQl(BadGraphQl),
+}
+
+/// Why a `scope: read` key's GraphQL request was refused with 400: it could
+/// carry something the check cannot see, or cannot be checked at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadGraphQl {
+    #[error("GraphQL POST with query in the URL")]
+    QueryInUrl,
+    #[error("GraphQL GET with a request body")]
+    BodyOnGet,
+    #[error("GraphQL request body is a JSON array (batch)")]
+    Batch,
+    #[error("GraphQL request body is not a JSON object")]
+    NotObject,
+    #[error("GraphQL request body is not valid JSON")]
+    InvalidJson,
+    #[error("repeated JSON member name in GraphQL request body")]
+    DuplicateMember,
+    #[error("GraphQL request without a query string (persisted query?)")]
+    MissingQuery,
+    #[error("repeated query or operationName parameter")]
+    DuplicateParam,
+    #[error("GraphQL document does not parse or has no operation")]
+    InvalidDocument,
+}
+
+/// Why a key's `scope` or `apis` refused a request (403, `scope_denied`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    #[error("the key's apis do not include this route's upstream")]
+    Api,
+    #[error("read-only key: method not allowed on this route")]
+    Method,
+    #[error("read-only key: method-override header")]
+    MethodOverride,
+    #[error("read-only key: connection upgrade on a GraphQL route")]
+    Upgrade,
+    #[error("read-only key: the document has a mutation operation")]
+    Mutation,
+}
+
+/// Why a `scope: read` key's GraphQL body was refused with 415.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedMedia {
+    #[error("GraphQL POST not sent as application/json")]
+    ContentType,
+    #[error("GraphQL POST with a Content-Encoding other than identity")]
+    ContentEncoding,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,14 +113,24 @@ pub enum GatewayError {
     RevokedKey,
     #[error("API key of another tenant")]
     WrongTenant,
+    #[error("scope: {0}")]
+    Forbidden(Forbidden),
+    #[error("scope: {0}")]
+    UnsupportedMediaType(UnsupportedMedia),
     #[error("too many failed authentication attempts from this client")]
     AuthThrottled { retry_after: Duration },
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
     #[error("request body larger than max_request_body")]
     PayloadTooLarge,
+    #[error("scope: GraphQL request body over 64 KiB")]
+    GraphQlTooLarge,
+    #[error("request body not received within upstream_timeout")]
+    RequestTimeout,
     #[error("request header list larger than max_header_bytes")]
     HeadersTooLarge,
+    #[error("request target longer than the HTTP/1 parser accepts")]
+    UriTooLong,
     #[error("upstream {kind}")]
     Upstream {
         kind: UpstreamFailure,
@@ -110,6 +168,37 @@ impl std::fmt::Display for UpstreamFailure {
     }
 }
 
+/// Why a forwarded request failed, for the log's `error_kind` and the
+/// upstream error metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Connect,
+    Reset,
+    Timeout,
+    /// The upstream's response body failed after its head was sent.
+    Body,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Reset => "reset",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Body => "body",
+        }
+    }
+}
+
+impl From<UpstreamFailure> for FailureKind {
+    fn from(f: UpstreamFailure) -> Self {
+        match f {
+            UpstreamFailure::Connect => FailureKind::Connect,
+            UpstreamFailure::Reset => FailureKind::Reset,
+        }
+    }
+}
+
 /// The `outcome` field of the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -119,6 +208,8 @@ pub enum Outcome {
     RevokedKey,
     ExpiredKey,
     WrongTenant,
+    ScopeDenied,
+    UnsupportedMediaType,
     AuthThrottled,
     RateLimited,
     UpstreamError,
@@ -142,6 +233,8 @@ impl Outcome {
             Outcome::RevokedKey => "revoked_key",
             Outcome::ExpiredKey => "expired_key",
             Outcome::WrongTenant => "wrong_tenant",
+            Outcome::ScopeDenied => "scope_denied",
+            Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::AuthThrottled => "auth_throttled",
             Outcome::RateLimited => "rate_limited",
             Outcome::UpstreamError => "upstream_error",
@@ -166,14 +259,17 @@ pub enum ErrorShape {
 }
 
 impl ErrorShape {
-    /// GraphQL shape when the first path segment is `graphql` or `metadata`.
+    /// GraphQL shape when the first path segment is `graphql` or `metadata`
+    /// (in any case, `;parameters` ignored: a server that routes
+    /// case-insensitively must not be shown a REST-checked GraphQL request;
+    /// the scope check uses the same rule).
     pub fn for_path(path: &str) -> Self {
         let first = path
             .trim_start_matches('/')
-            .split(['/', '?'])
+            .split(['/', '?', ';'])
             .next()
             .unwrap_or("");
-        if first == "graphql" || first == "metadata" {
+        if first.eq_ignore_ascii_case("graphql") || first.eq_ignore_ascii_case("metadata") {
             ErrorShape::GraphQl
         } else {
             ErrorShape::Rest
@@ -228,104 +324,202 @@ pub fn rest_body(
 const BEARER_CHALLENGE: &str = "Bearer realm=\"twenty-gateway\"";
 const BEARER_INVALID: &str = "Bearer realm=\"twenty-gateway\", error=\"invalid_token\"";
 
+/// Retry-After: whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// One row of the error table: everything a client and the log see of an
+/// error, in one place.
+struct Row {
+    status: StatusCode,
+    code: &'static str,
+    outcome: Outcome,
+    /// What clients read. It never says *why* a key was refused.
+    message: &'static str,
+}
+
+const fn row(
+    status: StatusCode,
+    code: &'static str,
+    outcome: Outcome,
+    message: &'static str,
+) -> Row {
+    Row {
+        status,
+        code,
+        outcome,
+        message,
+    }
+}
+
 impl GatewayError {
-    pub fn status(&self) -> StatusCode {
+    /// The error table: one exhaustive match, no `_` arm over variants.
+    fn row(&self) -> Row {
+        use GatewayError as E;
+        use StatusCode as S;
+        const UNAUTH: &str = "UNAUTHENTICATED";
+        const REFUSED: &str = "Invalid or revoked API key";
         match self {
-            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            GatewayError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            GatewayError::UnknownHost => StatusCode::NOT_FOUND,
-            GatewayError::NoRoute => StatusCode::NOT_FOUND,
-            GatewayError::MissingKey => StatusCode::UNAUTHORIZED,
-            GatewayError::InvalidKey => StatusCode::UNAUTHORIZED,
-            GatewayError::ExpiredKey => StatusCode::UNAUTHORIZED,
-            GatewayError::RevokedKey => StatusCode::UNAUTHORIZED,
-            GatewayError::WrongTenant => StatusCode::FORBIDDEN,
-            GatewayError::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::BadRequest(why) => row(
+                S::BAD_REQUEST,
+                "BAD_REQUEST",
+                Outcome::BadRequest,
+                why.public_message(),
+            ),
+            E::UriTooLong => row(
+                S::URI_TOO_LONG,
+                "BAD_REQUEST",
+                Outcome::BadRequest,
+                "Request target too long",
+            ),
+            E::Misdirected => row(
+                S::MISDIRECTED_REQUEST,
+                "MISDIRECTED_REQUEST",
+                Outcome::Misdirected,
+                "This host is not served on this connection",
+            ),
+            E::UnknownHost => row(
+                S::NOT_FOUND,
+                "NOT_FOUND",
+                Outcome::UnknownHost,
+                "Unknown host",
+            ),
+            E::NoRoute => row(
+                S::NOT_FOUND,
+                "NOT_FOUND",
+                Outcome::NoRoute,
+                "No route for this path",
+            ),
+            E::MissingKey => row(
+                S::UNAUTHORIZED,
+                UNAUTH,
+                Outcome::MissingKey,
+                "Missing API key",
+            ),
+            E::InvalidKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::InvalidKey, REFUSED),
+            E::ExpiredKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::ExpiredKey, REFUSED),
+            E::RevokedKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::RevokedKey, REFUSED),
+            E::WrongTenant => row(
+                S::FORBIDDEN,
+                "FORBIDDEN",
+                Outcome::WrongTenant,
+                "This API key does not belong to this workspace",
+            ),
+            E::Forbidden(why) => row(
+                S::FORBIDDEN,
+                "FORBIDDEN",
+                Outcome::ScopeDenied,
+                why.public_message(),
+            ),
+            E::UnsupportedMediaType(why) => row(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                Outcome::UnsupportedMediaType,
+                why.public_message(),
+            ),
+            E::AuthThrottled { .. } => row(
+                S::TOO_MANY_REQUESTS,
+                "TOO_MANY_AUTH_FAILURES",
+                Outcome::AuthThrottled,
+                "Too many failed authentication attempts",
+            ),
+            E::RateLimited { .. } => row(
+                S::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                Outcome::RateLimited,
+                "Rate limit exceeded",
+            ),
+            E::PayloadTooLarge => row(
+                S::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                Outcome::PayloadTooLarge,
+                "Request body too large",
+            ),
+            E::GraphQlTooLarge => row(
+                S::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                Outcome::PayloadTooLarge,
+                "GraphQL request body larger than 64 KiB",
+            ),
+            E::RequestTimeout => row(
+                S::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                Outcome::BadRequest,
+                "Request body not received in time",
+            ),
+            E::HeadersTooLarge => row(
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "BAD_REQUEST",
+                Outcome::BadRequest,
+                "Request headers too large",
+            ),
+            E::Upstream { .. } => row(
+                S::BAD_GATEWAY,
+                "BAD_GATEWAY",
+                Outcome::UpstreamError,
+                "Upstream unavailable",
+            ),
+            E::UpstreamTimeout => row(
+                S::GATEWAY_TIMEOUT,
+                "GATEWAY_TIMEOUT",
+                Outcome::UpstreamTimeout,
+                "Upstream timed out",
+            ),
+            E::Internal(_) => row(
+                S::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                Outcome::Internal,
+                "Internal error",
+            ),
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.row().status
     }
 
     pub fn code(&self) -> &'static str {
-        match self {
-            GatewayError::BadRequest(_) => "BAD_REQUEST",
-            GatewayError::Misdirected => "MISDIRECTED_REQUEST",
-            GatewayError::UnknownHost => "NOT_FOUND",
-            GatewayError::NoRoute => "NOT_FOUND",
-            GatewayError::MissingKey => "UNAUTHENTICATED",
-            GatewayError::InvalidKey => "UNAUTHENTICATED",
-            GatewayError::ExpiredKey => "UNAUTHENTICATED",
-            GatewayError::RevokedKey => "UNAUTHENTICATED",
-            GatewayError::WrongTenant => "FORBIDDEN",
-            GatewayError::AuthThrottled { .. } => "TOO_MANY_AUTH_FAILURES",
-            GatewayError::RateLimited { .. } => "RATE_LIMITED",
-            GatewayError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            GatewayError::HeadersTooLarge => "BAD_REQUEST",
-            GatewayError::Upstream { .. } => "BAD_GATEWAY",
-            GatewayError::UpstreamTimeout => "GATEWAY_TIMEOUT",
-            GatewayError::Internal(_) => "INTERNAL",
-        }
+        self.row().code
     }
 
     pub fn outcome(&self) -> Outcome {
+        self.row().outcome
+    }
+
+    pub fn public_message(&self) -> &'static str {
+        self.row().message
+    }
+
+    /// For the log and metrics: how an upstream exchange failed.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
         match self {
-            GatewayError::BadRequest(_) => Outcome::BadRequest,
-            GatewayError::Misdirected => Outcome::Misdirected,
-            GatewayError::UnknownHost => Outcome::UnknownHost,
-            GatewayError::NoRoute => Outcome::NoRoute,
-            GatewayError::MissingKey => Outcome::MissingKey,
-            GatewayError::InvalidKey => Outcome::InvalidKey,
-            GatewayError::ExpiredKey => Outcome::ExpiredKey,
-            GatewayError::RevokedKey => Outcome::RevokedKey,
-            GatewayError::WrongTenant => Outcome::WrongTenant,
-            GatewayError::AuthThrottled { .. } => Outcome::AuthThrottled,
-            GatewayError::RateLimited { .. } => Outcome::RateLimited,
-            GatewayError::PayloadTooLarge => Outcome::PayloadTooLarge,
-            GatewayError::HeadersTooLarge => Outcome::BadRequest,
-            GatewayError::Upstream { .. } => Outcome::UpstreamError,
-            GatewayError::UpstreamTimeout => Outcome::UpstreamTimeout,
-            GatewayError::Internal(_) => Outcome::Internal,
+            GatewayError::Upstream { kind, .. } => Some(FailureKind::from(*kind)),
+            GatewayError::UpstreamTimeout => Some(FailureKind::Timeout),
+            _ => None,
         }
     }
 
-    /// The message clients see. It never says *why* a key was refused.
-    pub fn public_message(&self) -> &'static str {
-        match self {
-            GatewayError::BadRequest(BadRequest::MultipleAuthorization) => {
-                "More than one Authorization header"
-            }
-            GatewayError::BadRequest(BadRequest::MissingHost) => "Missing Host header",
-            GatewayError::BadRequest(BadRequest::BadHost) => "Invalid Host header",
-            GatewayError::BadRequest(BadRequest::Framing) => "Malformed request",
-            GatewayError::BadRequest(BadRequest::Method) => "Method not supported",
-            GatewayError::BadRequest(_) => "Invalid request path",
-            GatewayError::Misdirected => "This host is not served on this connection",
-            GatewayError::UnknownHost => "Unknown host",
-            GatewayError::NoRoute => "No route for this path",
-            GatewayError::MissingKey => "Missing API key",
-            GatewayError::InvalidKey | GatewayError::ExpiredKey | GatewayError::RevokedKey => {
-                "Invalid or revoked API key"
-            }
-            GatewayError::WrongTenant => "This API key does not belong to this workspace",
-            GatewayError::AuthThrottled { .. } => "Too many failed authentication attempts",
-            GatewayError::RateLimited { .. } => "Rate limit exceeded",
-            GatewayError::PayloadTooLarge => "Request body too large",
-            GatewayError::HeadersTooLarge => "Request headers too large",
-            GatewayError::Upstream { .. } => "Upstream unavailable",
-            GatewayError::UpstreamTimeout => "Upstream timed out",
-            GatewayError::Internal(_) => "Internal error",
+    /// The operator's detail: this error and its sources, for the log line.
+    pub fn detail(&self) -> String {
+        let mut detail = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
         }
+        detail
     }
 
     /// The JSON response for this error, carrying `request_id`.
     pub fn to_response(&self, shape: ErrorShape, request_id: &str) -> Response<Bytes> {
-        let status = self.status();
-        let message = self.public_message();
-        let code = self.code();
+        let Row {
+            status,
+            code,
+            message,
+            ..
+        } = self.row();
         let body = match shape {
             ErrorShape::Rest => Ok(rest_body(status.as_u16(), code, message, request_id)),
             ErrorShape::GraphQl => serde_json::to_vec(&GraphQlErrors {
@@ -360,6 +554,66 @@ impl GatewayError {
     }
 }
 
+impl BadRequest {
+    fn public_message(self) -> &'static str {
+        match self {
+            BadRequest::MultipleAuthorization => "More than one Authorization header",
+            BadRequest::MissingHost => "Missing Host header",
+            BadRequest::BadHost => "Invalid Host header",
+            BadRequest::Framing => "Malformed request",
+            BadRequest::Method => "Method not supported",
+            BadRequest::GraphQl(why) => why.public_message(),
+            BadRequest::NotOriginForm
+            | BadRequest::DotSegment
+            | BadRequest::EmptySegment
+            | BadRequest::EncodedSeparator
+            | BadRequest::Backslash
+            | BadRequest::Nul
+            | BadRequest::BadPercentEncoding
+            | BadRequest::NotUtf8 => "Invalid request path",
+        }
+    }
+}
+
+impl BadGraphQl {
+    fn public_message(self) -> &'static str {
+        match self {
+            BadGraphQl::QueryInUrl => "A GraphQL POST must carry its query in the body only",
+            BadGraphQl::BodyOnGet => "A GraphQL GET must not carry a body",
+            BadGraphQl::Batch => "Batched GraphQL requests are not allowed for this API key",
+            BadGraphQl::NotObject => "A GraphQL request body must be one JSON object",
+            BadGraphQl::InvalidJson => "Invalid JSON in request body",
+            BadGraphQl::DuplicateMember => "Repeated JSON member name in request body",
+            BadGraphQl::MissingQuery => "A GraphQL request must carry a query string",
+            BadGraphQl::DuplicateParam => "Repeated query or operationName parameter",
+            BadGraphQl::InvalidDocument => "Invalid GraphQL document",
+        }
+    }
+}
+
+impl Forbidden {
+    fn public_message(self) -> &'static str {
+        match self {
+            Forbidden::Api => "This API key may not use this API",
+            Forbidden::Method | Forbidden::MethodOverride | Forbidden::Upgrade => {
+                "This API key is read-only"
+            }
+            Forbidden::Mutation => "This API key is read-only: mutations are not allowed",
+        }
+    }
+}
+
+impl UnsupportedMedia {
+    fn public_message(self) -> &'static str {
+        match self {
+            UnsupportedMedia::ContentType => "GraphQL requests must be sent as application/json",
+            UnsupportedMedia::ContentEncoding => {
+                "Content-Encoding is not supported for this API key"
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,9 +630,16 @@ mod tests {
             GatewayError::ExpiredKey,
             GatewayError::RevokedKey,
             GatewayError::WrongTenant,
+            GatewayError::Forbidden(Forbidden::Mutation),
+            GatewayError::UnsupportedMediaType(UnsupportedMedia::ContentType),
+            GatewayError::BadRequest(BadRequest::GraphQl(BadGraphQl::Batch)),
+            GatewayError::GraphQlTooLarge,
+            GatewayError::RequestTimeout,
             GatewayError::AuthThrottled { retry_after: d },
             GatewayError::RateLimited { retry_after: d },
             GatewayError::PayloadTooLarge,
+            GatewayError::HeadersTooLarge,
+            GatewayError::UriTooLong,
             GatewayError::Upstream {
                 kind: UpstreamFailure::Connect,
                 source: "x".into(),
@@ -406,9 +667,16 @@ mod tests {
                 (401, "UNAUTHENTICATED", "expired_key"),
                 (401, "UNAUTHENTICATED", "revoked_key"),
                 (403, "FORBIDDEN", "wrong_tenant"),
+                (403, "FORBIDDEN", "scope_denied"),
+                (415, "UNSUPPORTED_MEDIA_TYPE", "unsupported_media_type"),
+                (400, "BAD_REQUEST", "bad_request"),
+                (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
+                (408, "REQUEST_TIMEOUT", "bad_request"),
                 (429, "TOO_MANY_AUTH_FAILURES", "auth_throttled"),
                 (429, "RATE_LIMITED", "rate_limited"),
                 (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
+                (431, "BAD_REQUEST", "bad_request"),
+                (414, "BAD_REQUEST", "bad_request"),
                 (502, "BAD_GATEWAY", "upstream_error"),
                 (504, "GATEWAY_TIMEOUT", "upstream_timeout"),
                 (500, "INTERNAL", "internal"),
@@ -438,6 +706,8 @@ mod tests {
         assert_eq!(ErrorShape::for_path("/metadata/x"), ErrorShape::GraphQl);
         assert_eq!(ErrorShape::for_path("/rest/metadata"), ErrorShape::Rest);
         assert_eq!(ErrorShape::for_path("/graphqlx"), ErrorShape::Rest);
+        assert_eq!(ErrorShape::for_path("/GraphQL"), ErrorShape::GraphQl);
+        assert_eq!(ErrorShape::for_path("/graphql;x=1"), ErrorShape::GraphQl);
         let r = GatewayError::RateLimited {
             retry_after: Duration::from_millis(1500),
         }

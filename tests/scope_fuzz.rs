@@ -14,6 +14,7 @@
 use http::Request;
 use http::request::Parts;
 use proptest::prelude::*;
+use twenty_gateway::error::Forbidden;
 use twenty_gateway::scope::{
     DocVerdict, KeyScope, Next, Refusal, RouteKind, Scope, VerdictCache, check_graphql, document,
 };
@@ -351,14 +352,14 @@ proptest! {
 
         let body = serde_json::json!({ "query": d.with_mutation, "operationName": d.decoy_name });
         let body = serde_json::to_vec(&body).expect("JSON");
-        prop_assert_eq!(check_post(&cache, &body), Err(Refusal::Mutation));
+        prop_assert_eq!(check_post(&cache, &body), Err(Refusal::Forbidden(Forbidden::Mutation)));
 
         let mut qs = format!("query={}", url_encode(&d.with_mutation));
         if let Some(n) = d.decoy_name {
             qs.push_str("&operationName=");
             qs.push_str(n);
         }
-        prop_assert_eq!(check_get(&cache, &qs), Some(Err(Refusal::Mutation)));
+        prop_assert_eq!(check_get(&cache, &qs), Some(Err(Refusal::Forbidden(Forbidden::Mutation))));
 
         // The same document less its mutations is read-only (or, with no
         // operation left, not executable): the generator makes real documents.

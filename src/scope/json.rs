@@ -15,6 +15,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::Refusal;
+use crate::error::BadGraphQl;
 
 /// The document of a GraphQL `POST` body, or why there is none.
 pub(super) fn graphql_query(body: &[u8]) -> Result<Cow<'_, str>, Refusal> {
@@ -22,16 +23,18 @@ pub(super) fn graphql_query(body: &[u8]) -> Result<Cow<'_, str>, Refusal> {
     let top = Walk { top: true }
         .deserialize(&mut de)
         .and_then(|top| de.end().map(|()| top))
-        .map_err(|e| match e.classify() {
-            // Our only custom error; every syntax fault is Syntax or Eof.
-            serde_json::error::Category::Data => Refusal::DuplicateMember,
-            _ => Refusal::InvalidJson,
+        .map_err(|e| -> Refusal {
+            match e.classify() {
+                // Our only custom error; every syntax fault is Syntax or Eof.
+                serde_json::error::Category::Data => BadGraphQl::DuplicateMember.into(),
+                _ => BadGraphQl::InvalidJson.into(),
+            }
         })?;
     match top {
         Walked::Object(Some(query)) => Ok(query),
-        Walked::Object(None) => Err(Refusal::MissingQuery),
-        Walked::Array => Err(Refusal::Batch),
-        Walked::Str(_) | Walked::Scalar => Err(Refusal::NotObject),
+        Walked::Object(None) => Err(BadGraphQl::MissingQuery.into()),
+        Walked::Array => Err(BadGraphQl::Batch.into()),
+        Walked::Str(_) | Walked::Scalar => Err(BadGraphQl::NotObject.into()),
     }
 }
 

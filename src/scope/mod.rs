@@ -17,9 +17,9 @@
 //! [`VerdictCache`]) parses with `apollo-parser` and allows a document only
 //! when every operation in it is a `query` or a `subscription`.
 //!
-//! A leaf module: std and external crates only. A refusal is a typed
-//! [`Refusal`]: status, public message, code, log outcome; its `Display` is
-//! the log detail (never the document, the body or the query string).
+//! A step module: it imports only the error leaf. A refusal is a typed
+//! [`Refusal`], which becomes the [`GatewayError`] whose row in the error
+//! table gives the status, code, outcome and public message.
 
 mod buffer;
 pub mod document;
@@ -29,7 +29,9 @@ mod params;
 mod tests;
 
 use http::request::Parts;
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{HeaderMap, Method, header};
+
+use crate::error::{BadGraphQl, BadRequest, ErrorShape, Forbidden, GatewayError, UnsupportedMedia};
 
 pub use buffer::{BufferError, buffer};
 pub use document::{DocVerdict, VerdictCache};
@@ -146,14 +148,13 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
-    /// GraphQL when the first path segment is exactly `graphql` or
-    /// `metadata` (the same rule as the error shape), else REST.
+    /// GraphQL when the first path segment is `graphql` or `metadata` —
+    /// the rule of the error shape ([`ErrorShape::for_path`]: any case,
+    /// `;parameters` ignored) — else REST.
     pub fn for_path(path: &str) -> RouteKind {
-        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        if first == "graphql" || first == "metadata" {
-            RouteKind::GraphQl
-        } else {
-            RouteKind::Rest
+        match ErrorShape::for_path(path) {
+            ErrorShape::GraphQl => RouteKind::GraphQl,
+            ErrorShape::Rest => RouteKind::Rest,
         }
     }
 }
@@ -198,7 +199,7 @@ impl KeyScope {
         req: &Parts,
     ) -> Result<Next, Refusal> {
         if !self.apis.allows_upstream(upstream) {
-            return Err(Refusal::ApiNotAllowed);
+            return Err(Forbidden::Api.into());
         }
         if self.scope == Scope::Write {
             return Ok(Next::Forward);
@@ -207,12 +208,12 @@ impl KeyScope {
             .iter()
             .any(|h| req.headers.contains_key(*h))
         {
-            return Err(Refusal::MethodOverride);
+            return Err(Forbidden::MethodOverride.into());
         }
         match kind {
             RouteKind::Rest => match req.method {
                 Method::GET | Method::HEAD => Ok(Next::Forward),
-                _ => Err(Refusal::Method),
+                _ => Err(Forbidden::Method.into()),
             },
             RouteKind::GraphQl => graphql_head(req),
         }
@@ -224,7 +225,7 @@ impl KeyScope {
 fn graphql_head(req: &Parts) -> Result<Next, Refusal> {
     // A WebSocket (graphql-ws) carries operations in frames we never see.
     if req.headers.contains_key(header::UPGRADE) {
-        return Err(Refusal::Upgrade);
+        return Err(Forbidden::Upgrade.into());
     }
     match req.method {
         // GET: the document is in the URL; the body must be empty, which
@@ -232,16 +233,16 @@ fn graphql_head(req: &Parts) -> Result<Next, Refusal> {
         Method::GET => {}
         Method::POST => {
             if params::has_query(req.uri.query()) {
-                return Err(Refusal::QueryInUrl);
+                return Err(BadGraphQl::QueryInUrl.into());
             }
             if !identity_coding(&req.headers) {
-                return Err(Refusal::ContentEncoding);
+                return Err(UnsupportedMedia::ContentEncoding.into());
             }
             if !json_content_type(&req.headers) {
-                return Err(Refusal::ContentType);
+                return Err(UnsupportedMedia::ContentType.into());
             }
         }
-        _ => return Err(Refusal::Method),
+        _ => return Err(Forbidden::Method.into()),
     }
     if announced_length(&req.headers).is_some_and(|n| n > MAX_BODY as u64) {
         return Err(Refusal::TooLarge);
@@ -260,15 +261,15 @@ pub fn check_graphql(cache: &VerdictCache, req: &Parts, body: &[u8]) -> Result<(
         cache.verdict(&query)
     } else {
         if !body.is_empty() {
-            return Err(Refusal::BodyOnGet);
+            return Err(BadGraphQl::BodyOnGet.into());
         }
         let query = params::graphql_query(req.uri.query())?;
         cache.verdict(&query)
     };
     match verdict {
         DocVerdict::ReadOnly => Ok(()),
-        DocVerdict::Writes => Err(Refusal::Mutation),
-        DocVerdict::Invalid => Err(Refusal::InvalidDocument),
+        DocVerdict::Writes => Err(Forbidden::Mutation.into()),
+        DocVerdict::Invalid => Err(BadGraphQl::InvalidDocument.into()),
     }
 }
 
@@ -323,116 +324,49 @@ fn announced_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Why a request is refused. `Display` is the log detail; clients see
-/// [`Refusal::public_message`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why the check refused a request: the reasons of [`GatewayError`]'s
+/// scope rows, comparable in tests. `Display` (through [`GatewayError`]) is
+/// the log detail, never the document, the body or the query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    // 403
-    #[error("key's apis do not include this route's upstream")]
-    ApiNotAllowed,
-    #[error("read-only key: method not allowed on this route")]
-    Method,
-    #[error("read-only key: method-override header")]
-    MethodOverride,
-    #[error("read-only key: connection upgrade on a GraphQL route")]
-    Upgrade,
-    #[error("read-only key: document has a mutation operation")]
-    Mutation,
-    // 400
-    #[error("GraphQL POST with query in the URL")]
-    QueryInUrl,
-    #[error("GraphQL GET with a request body")]
-    BodyOnGet,
-    #[error("GraphQL request body is a JSON array (batch)")]
-    Batch,
-    #[error("GraphQL request body is not a JSON object")]
-    NotObject,
-    #[error("GraphQL request body is not valid JSON")]
-    InvalidJson,
-    #[error("repeated JSON member name in GraphQL request body")]
-    DuplicateMember,
-    #[error("GraphQL request without a query string (persisted query?)")]
-    MissingQuery,
-    #[error("repeated query or operationName parameter")]
-    DuplicateParam,
-    #[error("GraphQL document does not parse (or has no operation)")]
-    InvalidDocument,
-    #[error("GraphQL request body with trailers")]
-    Trailers,
-    // 413
-    #[error("GraphQL request body over 64 KiB")]
+    /// 403 `FORBIDDEN`, outcome `scope_denied`.
+    Forbidden(Forbidden),
+    /// 400 `BAD_REQUEST`.
+    BadRequest(BadGraphQl),
+    /// 415 `UNSUPPORTED_MEDIA_TYPE`.
+    UnsupportedMedia(UnsupportedMedia),
+    /// 413: the body is over [`MAX_BODY`].
     TooLarge,
-    // 415
-    #[error("GraphQL POST not sent as application/json")]
-    ContentType,
-    #[error("GraphQL POST with a Content-Encoding other than identity")]
-    ContentEncoding,
+    /// 400: the body could not be read as plain data (trailers).
+    Framing,
 }
 
-impl Refusal {
-    pub fn status(self) -> StatusCode {
-        match self {
-            Refusal::ApiNotAllowed
-            | Refusal::Method
-            | Refusal::MethodOverride
-            | Refusal::Upgrade
-            | Refusal::Mutation => StatusCode::FORBIDDEN,
-            Refusal::QueryInUrl
-            | Refusal::BodyOnGet
-            | Refusal::Batch
-            | Refusal::NotObject
-            | Refusal::InvalidJson
-            | Refusal::DuplicateMember
-            | Refusal::MissingQuery
-            | Refusal::DuplicateParam
-            | Refusal::InvalidDocument
-            | Refusal::Trailers => StatusCode::BAD_REQUEST,
-            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::ContentType | Refusal::ContentEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        }
+impl From<Forbidden> for Refusal {
+    fn from(why: Forbidden) -> Self {
+        Refusal::Forbidden(why)
     }
+}
 
-    /// The error code of the JSON body (`error` / `extensions.code`).
-    pub fn code(self) -> &'static str {
-        match self.status() {
-            StatusCode::FORBIDDEN => "FORBIDDEN",
-            StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
-            _ => "BAD_REQUEST",
-        }
+impl From<BadGraphQl> for Refusal {
+    fn from(why: BadGraphQl) -> Self {
+        Refusal::BadRequest(why)
     }
+}
 
-    /// The access log's `outcome`.
-    pub fn outcome(self) -> &'static str {
-        match self.status() {
-            StatusCode::FORBIDDEN => "scope_denied",
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "bad_request",
-        }
+impl From<UnsupportedMedia> for Refusal {
+    fn from(why: UnsupportedMedia) -> Self {
+        Refusal::UnsupportedMedia(why)
     }
+}
 
-    /// What the client is told: short, and nothing it did not send.
-    pub fn public_message(self) -> &'static str {
-        match self {
-            Refusal::ApiNotAllowed => "This API key may not use this API",
-            Refusal::Method | Refusal::MethodOverride | Refusal::Upgrade => {
-                "This API key is read-only"
-            }
-            Refusal::Mutation => "This API key is read-only: mutations are not allowed",
-            Refusal::QueryInUrl => "A GraphQL POST must carry its query in the body only",
-            Refusal::BodyOnGet => "A GraphQL GET must not carry a body",
-            Refusal::Batch => "Batched GraphQL requests are not allowed for this API key",
-            Refusal::NotObject => "A GraphQL request body must be one JSON object",
-            Refusal::InvalidJson => "Invalid JSON in request body",
-            Refusal::DuplicateMember => "Repeated JSON member name in request body",
-            Refusal::MissingQuery => "A GraphQL request must carry a query string",
-            Refusal::DuplicateParam => "Repeated query or operationName parameter",
-            Refusal::InvalidDocument => "Invalid GraphQL document",
-            Refusal::Trailers => "Malformed request",
-            Refusal::TooLarge => "GraphQL request body larger than 64 KiB",
-            Refusal::ContentType => "GraphQL requests must be sent as application/json",
-            Refusal::ContentEncoding => "Content-Encoding is not supported for this API key",
+impl From<Refusal> for GatewayError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Forbidden(why) => GatewayError::Forbidden(why),
+            Refusal::BadRequest(why) => GatewayError::BadRequest(BadRequest::GraphQl(why)),
+            Refusal::UnsupportedMedia(why) => GatewayError::UnsupportedMediaType(why),
+            Refusal::TooLarge => GatewayError::GraphQlTooLarge,
+            Refusal::Framing => GatewayError::BadRequest(BadRequest::Framing),
         }
     }
 }

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use super::Refusal;
+use crate::error::BadGraphQl;
 
 /// The `query` parameter of a `GET`: present exactly once, with at most one
 /// `operationName` beside it.
@@ -19,10 +20,10 @@ pub(super) fn graphql_query(query_string: Option<&str>) -> Result<Cow<'_, str>, 
             _ => false,
         };
         if repeated {
-            return Err(Refusal::DuplicateParam);
+            return Err(BadGraphQl::DuplicateParam.into());
         }
     }
-    query.ok_or(Refusal::MissingQuery)
+    query.ok_or(BadGraphQl::MissingQuery.into())
 }
 
 /// Whether a query string holds a `query` parameter (a `POST` must not).
