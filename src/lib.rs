@@ -33,6 +33,7 @@ pub mod host;
 pub mod permission;
 pub mod ratelimit;
 pub mod route;
+pub mod scope;
 pub mod target;
 pub mod tls;
 pub mod upstream;

@@ -74,6 +74,7 @@ pub struct Metrics {
     pub duration: Histogram,
     pub auth_failures: Family<OutcomeLabels, Counter>,
     pub rate_limited: Family<TenantLabels, Counter>,
+    pub scope_denied: Family<TenantLabels, Counter>,
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_generation: Gauge,
@@ -99,6 +100,7 @@ impl Metrics {
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             auth_failures: Family::default(),
             rate_limited: Family::default(),
+            scope_denied: Family::default(),
             upstream_errors: Family::default(),
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
@@ -128,6 +130,11 @@ impl Metrics {
             "gateway_rate_limited",
             "Requests refused by a key or tenant rate limit",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "gateway_scope_denied",
+            "Requests refused (403) by a key's scope or apis",
+            m.scope_denied.clone(),
         );
         registry.register(
             "gateway_upstream_errors",
@@ -215,6 +222,13 @@ impl Metrics {
             }
             Outcome::RateLimited => {
                 self.rate_limited
+                    .get_or_create(&TenantLabels {
+                        tenant: Name(r.tenant.cloned()),
+                    })
+                    .inc();
+            }
+            Outcome::ScopeDenied => {
+                self.scope_denied
                     .get_or_create(&TenantLabels {
                         tenant: Name(r.tenant.cloned()),
                     })

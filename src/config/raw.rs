@@ -133,4 +133,10 @@ pub struct RawKey {
     pub expires: Option<String>,
     #[serde(default)]
     pub revoked: Option<bool>,
+    /// `read` or `write` (the default).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Some of `core`, `metadata`; absent: every API.
+    #[serde(default)]
+    pub apis: Option<Vec<String>>,
 }

@@ -14,14 +14,15 @@ use super::ctx::{ConnInfo, RequestCtx};
 use crate::auth::{self, Refused};
 use crate::error::{BadRequest, GatewayError};
 use crate::host::{self, RequestHost};
+use crate::permission::{self, Permitted};
 use crate::ratelimit::{
     self, AuthBrake, Checked, OnUnavailable, SharedChecked, SharedLimits, SharedRequest,
     state_field,
 };
 use crate::route::RouteAuth;
 use crate::runtime::{Gateway, KeyEntry, RouteEntry, Snapshot, TenantEntry};
+use crate::target;
 use crate::upstream::{self, Forwarding, RequestBody};
-use crate::{permission, target};
 
 pub async fn run(
     gw: &Gateway,
@@ -48,7 +49,7 @@ pub async fn run(
 
     // 4. Authentication, on routes that want a key (the brake first: a
     //    braked client is refused before we spend a hash on its guess).
-    let key = match route.route.auth {
+    let (key, body) = match route.route.auth {
         RouteAuth::Key => {
             let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx).await?;
 
@@ -68,16 +69,26 @@ pub async fn run(
             }
 
             // 6. Permission: what this key may do on this route. After the
-            //    limits, so a refused attempt uses quota like any other.
-            permission::check(&key.key, &route.route, &parts)?;
-            Some(key)
+            //    limits, so a refused attempt uses quota like any other;
+            //    before anything goes upstream. A read key's GraphQL body is
+            //    read and checked here, and those bytes are what goes up.
+            let body = permission::check(
+                &key.key,
+                &route.route,
+                &parts,
+                body,
+                gw.registry.verdicts(),
+                snap.config.limits.upstream_timeout,
+            )
+            .await?;
+            (Some(key), body)
         }
         // 4'. Routes without a gateway key: every request (refusals too)
         //     counts against the client's anonymous budget first, so open
         //     routes cannot be used to flood Twenty.
         open => {
             open_route(snap, open, parts.uri.query(), ctx).await?;
-            None
+            (None, Permitted::Stream(body))
         }
     };
 
@@ -85,9 +96,16 @@ pub async fn run(
     //    upstream exchange; unannounced (chunked) ones are cut while
     //    streaming.
     let max_body = snap.config.limits.max_request_body;
-    if http_body::Body::size_hint(&body).lower() > max_body {
-        return Err(GatewayError::PayloadTooLarge);
-    }
+    let body = match body {
+        Permitted::Stream(body) if http_body::Body::size_hint(&body).lower() > max_body => {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        Permitted::Stream(body) => RequestBody::new(body, max_body),
+        Permitted::Checked(bytes) if bytes.len() as u64 > max_body => {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        Permitted::Checked(bytes) => RequestBody::full(bytes),
+    };
 
     // 8. Upstream.
     let websocket = upstream::is_websocket_upgrade(parts.version, &parts.headers);
@@ -110,7 +128,7 @@ pub async fn run(
             websocket,
         },
     )?;
-    let upstream_req = Request::from_parts(parts, RequestBody::new(body, max_body));
+    let upstream_req = Request::from_parts(parts, body);
     let pool = route
         .target
         .choose()

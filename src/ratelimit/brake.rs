@@ -19,7 +19,7 @@ pub struct AuthBrake {
 impl AuthBrake {
     pub fn new(rate: Rate) -> Self {
         AuthBrake {
-            failures: PerIp::new(rate, "auth_failures_per_ip"),
+            failures: PerIp::new(rate, "auth_brake_reset"),
             blocked: DashMap::new(),
         }
     }

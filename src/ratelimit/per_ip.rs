@@ -34,17 +34,17 @@ pub fn bucket(ip: IpAddr) -> IpAddr {
 
 pub struct PerIp {
     rate: Rate,
-    /// What this limit is for, in the event logged when it fills up.
-    name: &'static str,
+    /// The event logged when it fills up and forgets its counts.
+    reset_event: &'static str,
     /// Swapped for an empty one when a flood of addresses fills it.
     cells: ArcSwap<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 impl PerIp {
-    pub fn new(rate: Rate, name: &'static str) -> Self {
+    pub fn new(rate: Rate, reset_event: &'static str) -> Self {
         PerIp {
             rate,
-            name,
+            reset_event,
             cells: ArcSwap::from_pointee(RateLimiter::dashmap(quota(rate))),
         }
     }
@@ -64,8 +64,7 @@ impl PerIp {
                 // A flood of distinct addresses: memory stays bounded; the
                 // limit forgets old counts rather than growing without end.
                 tracing::warn!(
-                    event = "per_ip_limit_reset",
-                    limit = self.name,
+                    event = self.reset_event,
                     tracked = cells.len(),
                     "per-client limit full; forgetting counts"
                 );

@@ -1,8 +1,9 @@
 //! The state that outlives a config generation, in one place: limiter state
 //! by (owner, quota), the auth-failure brake, the per-IP limit of open
-//! routes, upstream connection pools by server. A new snapshot takes what it needs from here (so a reload keeps
-//! bursts spent and connections warm); what no installed snapshot uses is
-//! dropped after the swap.
+//! routes, upstream connection pools by server, the GraphQL verdicts of
+//! scoped keys. A new snapshot takes what it needs from here (so a reload
+//! keeps bursts spent and connections warm); what no installed snapshot uses
+//! is dropped after the swap.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use http::uri::Authority;
 
 use crate::cluster::{RedisMetrics, Settings, Shared};
 use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, PerIp, Rate, SharedLimits};
+use crate::scope::VerdictCache;
 use crate::upstream::{Target, Upstream, UpstreamClient};
 
 pub struct Registry {
@@ -24,6 +26,9 @@ pub struct Registry {
     /// refusals).
     shared: Mutex<Option<Shared>>,
     redis_metrics: Arc<RedisMetrics>,
+    /// GraphQL verdicts for `scope: read` keys, by document hash: a
+    /// property of the document alone, so every generation shares them.
+    verdicts: VerdictCache,
 }
 
 /// What one generation took from the registry.
@@ -67,6 +72,7 @@ impl Registry {
             upstream: UpstreamClient::new(connect_timeout),
             shared: Mutex::new(None),
             redis_metrics,
+            verdicts: VerdictCache::default(),
         }
     }
 
@@ -97,6 +103,10 @@ impl Registry {
 
     pub fn upstream(&self) -> &UpstreamClient {
         &self.upstream
+    }
+
+    pub fn verdicts(&self) -> &VerdictCache {
+        &self.verdicts
     }
 
     /// The limit of `owner` at `rate`: the same state as before if the quota
@@ -137,7 +147,7 @@ impl Registry {
     pub fn anonymous(&self, rate: Rate, used: &mut Used) -> Arc<PerIp> {
         used.anonymous = true;
         reuse(&self.anonymous, rate, PerIp::rate, |r| {
-            PerIp::new(r, "anonymous_per_ip")
+            PerIp::new(r, "anonymous_limit_reset")
         })
     }
 
