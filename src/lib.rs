@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod cli;
 pub mod codec_errors;
