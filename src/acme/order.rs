@@ -222,52 +222,53 @@ async fn validate<'c>(
     order: &mut Order,
     answers: &mut Vec<Answer<'c>>,
 ) -> Result<(), Failure> {
-    let mut authorizations = order.authorizations();
-    while let Some(authz) = authorizations.next().await {
-        let mut authz = authz.map_err(Failure::ca)?;
-        match authz.status {
-            AuthorizationStatus::Pending => {}
-            AuthorizationStatus::Valid => continue,
-            other => {
+    {
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(Failure::ca)?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => {
+                    return Err(Failure::validation(format!(
+                        "the CA reports the authorization {other:?}"
+                    )));
+                }
+            }
+            let Some(mut challenge) = authz.challenge(method.challenge_type()) else {
                 return Err(Failure::validation(format!(
-                    "the CA reports the authorization {other:?}"
+                    "the CA offers no {method} challenge"
                 )));
-            }
+            };
+            let key_authorization = challenge.key_authorization();
+            let key = match method {
+                Method::TlsAlpn01 => {
+                    ctx.challenges
+                        .add_tls_alpn01(name, key_authorization.digest().as_ref())
+                        .map_err(Failure::local)?;
+                    ChallengeKey::TlsAlpn01 {
+                        name: name.to_string(),
+                    }
+                }
+                Method::Http01 => {
+                    ctx.challenges
+                        .add_http01(&challenge.token, key_authorization.as_str());
+                    ChallengeKey::Http01 {
+                        token: challenge.token.clone(),
+                    }
+                }
+            };
+            answers.push(Answer {
+                challenges: ctx.challenges,
+                key: key.clone(),
+            });
+            ctx.store
+                .put_challenge(&key, key_authorization.as_str())
+                .await
+                .map_err(|e| Failure::local(format!("cannot publish the challenge answer: {e}")))?;
+            challenge.set_ready().await.map_err(Failure::ca)?;
         }
-        let Some(mut challenge) = authz.challenge(method.challenge_type()) else {
-            return Err(Failure::validation(format!(
-                "the CA offers no {method} challenge"
-            )));
-        };
-        let key_authorization = challenge.key_authorization();
-        let key = match method {
-            Method::TlsAlpn01 => {
-                ctx.challenges
-                    .add_tls_alpn01(name, key_authorization.digest().as_ref())
-                    .map_err(Failure::local)?;
-                ChallengeKey::TlsAlpn01 {
-                    name: name.to_string(),
-                }
-            }
-            Method::Http01 => {
-                ctx.challenges
-                    .add_http01(&challenge.token, key_authorization.as_str());
-                ChallengeKey::Http01 {
-                    token: challenge.token.clone(),
-                }
-            }
-        };
-        answers.push(Answer {
-            challenges: ctx.challenges,
-            key: key.clone(),
-        });
-        ctx.store
-            .put_challenge(&key, key_authorization.as_str())
-            .await
-            .map_err(|e| Failure::local(format!("cannot publish the challenge answer: {e}")))?;
-        challenge.set_ready().await.map_err(Failure::ca)?;
     }
-    drop(authorizations);
 
     match order.poll_ready(&retry(ctx.poll_timeout)).await {
         Ok(OrderStatus::Ready) => Ok(()),
