@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use twenty_gateway::access_log::{AccessLog, LogFormat};
 use twenty_gateway::config;
-use twenty_gateway::state::Gateway;
+use twenty_gateway::runtime::Gateway;
 
 fn config_text(keys: usize, revoke_every: usize) -> String {
     let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/certs");

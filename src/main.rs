@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use twenty_gateway::access_log::{AccessLog, LogFormat};
+use twenty_gateway::auth::hash_token;
 use twenty_gateway::cli::{Cli, Command};
 use twenty_gateway::listener::Bound;
-use twenty_gateway::proxy::auth::hash_token;
-use twenty_gateway::state::Gateway;
+use twenty_gateway::runtime::Gateway;
 use twenty_gateway::{config, serve};
 
 fn main() -> ExitCode {
@@ -30,7 +30,7 @@ fn check(cli: &Cli) -> ExitCode {
                 "{}: OK ({} tenants, {} keys, {} certificates, {} routes)",
                 cli.config.display(),
                 c.tenants.len(),
-                c.keys.keys.len(),
+                c.keys.len(),
                 c.certs.len(),
                 c.routes.routes().len()
             );

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// Without trailing slash; `/` matches everything.
     pub prefix: Arc<str>,
@@ -10,31 +10,67 @@ pub struct Route {
     pub auth: bool,
 }
 
-/// Routes in config order, searched longest prefix first.
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    routes: Vec<Route>,
+/// Routes in config order, searched longest prefix first. The config's
+/// table holds [`Route`]s; the runtime compiles one per tenant whose entries
+/// carry the tenant's upstream and counters ([`RouteTable::map`]).
+#[derive(Debug)]
+pub struct RouteTable<V = Route> {
+    prefixes: Vec<Arc<str>>,
+    entries: Vec<V>,
     by_length: Vec<usize>,
 }
 
-impl RouteTable {
+impl<V> Default for RouteTable<V> {
+    fn default() -> Self {
+        RouteTable {
+            prefixes: Vec::new(),
+            entries: Vec::new(),
+            by_length: Vec::new(),
+        }
+    }
+}
+
+impl RouteTable<Route> {
     pub fn new(routes: Vec<Route>) -> Self {
+        let prefixes: Vec<Arc<str>> = routes.iter().map(|r| r.prefix.clone()).collect();
         let mut by_length: Vec<usize> = (0..routes.len()).collect();
-        by_length.sort_by_key(|i| std::cmp::Reverse(routes[*i].prefix.len()));
-        RouteTable { routes, by_length }
+        by_length.sort_by_key(|i| std::cmp::Reverse(prefixes[*i].len()));
+        RouteTable {
+            prefixes,
+            entries: routes,
+            by_length,
+        }
+    }
+}
+
+impl<V> RouteTable<V> {
+    /// Entries in config order.
+    pub fn routes(&self) -> &[V] {
+        &self.entries
     }
 
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
-    }
-
-    /// The route for `path` and its index (the index of the tenant's
-    /// resolved upstream).
-    pub fn lookup(&self, path: &str) -> Option<(usize, &Route)> {
+    /// The entry whose prefix is the longest that matches `path` by whole
+    /// segments.
+    pub fn lookup(&self, path: &str) -> Option<&V> {
         self.by_length
             .iter()
-            .map(|i| (*i, &self.routes[*i]))
-            .find(|(_, r)| segment_prefix(&r.prefix, path))
+            .find(|i| segment_prefix(&self.prefixes[**i], path))
+            .map(|i| &self.entries[*i])
+    }
+
+    /// The same table with every entry replaced by `f(index, entry)`
+    /// (`index`: the entry's place in config order).
+    pub fn map<U>(&self, mut f: impl FnMut(usize, &V) -> U) -> RouteTable<U> {
+        RouteTable {
+            prefixes: self.prefixes.clone(),
+            entries: self
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, v)| f(i, v))
+                .collect(),
+            by_length: self.by_length.clone(),
+        }
     }
 }
 
@@ -73,7 +109,7 @@ mod tests {
     #[test]
     fn longest_whole_segment_prefix() {
         let t = table();
-        let up = |p: &str| t.lookup(p).map(|(_, r)| &*r.upstream);
+        let up = |p: &str| t.lookup(p).map(|r| &*r.upstream);
         assert_eq!(up("/rest/metadata/objects"), Some("metadata"));
         assert_eq!(up("/rest/metadata"), Some("metadata"));
         assert_eq!(up("/rest/metadatax"), Some("core"));

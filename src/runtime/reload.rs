@@ -9,8 +9,8 @@ use std::time::Duration;
 use notify::{EventKind, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
-use super::{ConfigErrors, load};
-use crate::state::{Gateway, Snapshot};
+use super::{Gateway, Snapshot};
+use crate::config::{ConfigError, ConfigErrors, Limits, load};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Trigger {
@@ -39,7 +39,7 @@ pub async fn reload(gw: &Gateway, trigger: Trigger) -> Result<Arc<Snapshot>, Con
         .unwrap_or_else(|e| {
             Err(ConfigErrors {
                 file: gw.config_path.clone(),
-                errors: vec![super::ConfigError {
+                errors: vec![ConfigError {
                     path: String::new(),
                     message: format!("config loader failed: {e}"),
                 }],
@@ -67,7 +67,7 @@ pub async fn reload(gw: &Gateway, trigger: Trigger) -> Result<Arc<Snapshot>, Con
             "listen addresses are not reloadable; keeping the sockets bound at start (restart to move them)"
         );
     }
-    let process_wide = |l: &super::Limits| (l.max_connections, l.connect_timeout);
+    let process_wide = |l: &Limits| (l.max_connections, l.connect_timeout);
     if process_wide(&config.limits) != process_wide(&current.config.limits) {
         tracing::warn!(
             event = "reload_limits_ignored",
@@ -83,9 +83,9 @@ pub async fn reload(gw: &Gateway, trigger: Trigger) -> Result<Arc<Snapshot>, Con
         event = "reload",
         trigger = trigger.as_str(),
         generation = snapshot.generation,
-        tenants = snapshot.config.tenants.len(),
-        keys = snapshot.config.keys.keys.len(),
-        certificates = snapshot.config.certs.len(),
+        tenants = snapshot.tenants.len(),
+        keys = snapshot.keys.len(),
+        certificates = gw.certs.file_count(),
         "config reloaded"
     );
     Ok(snapshot)

@@ -1,0 +1,107 @@
+//! The state that outlives a config generation, in one place: limiter state
+//! by (owner, quota), the auth-failure brake, upstream connection pools by
+//! server. A new snapshot takes what it needs from here (so a reload keeps
+//! bursts spent and connections warm); what no installed snapshot uses is
+//! dropped after the swap.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, Rate};
+use crate::upstream::{Target, Upstream, UpstreamClient};
+
+pub struct Registry {
+    limiters: LimiterRegistry,
+    brake: Mutex<Option<Arc<AuthBrake>>>,
+    upstream: UpstreamClient,
+}
+
+/// What one generation took from the registry.
+#[derive(Default)]
+pub struct Used {
+    limits: HashSet<(Owner, Rate)>,
+    servers: HashSet<Authority>,
+    brake: bool,
+}
+
+impl Registry {
+    pub fn new(connect_timeout: Duration) -> Self {
+        Registry {
+            limiters: LimiterRegistry::default(),
+            brake: Mutex::new(None),
+            upstream: UpstreamClient::new(connect_timeout),
+        }
+    }
+
+    pub fn upstream(&self) -> &UpstreamClient {
+        &self.upstream
+    }
+
+    /// The limit of `owner` at `rate`: the same state as before if the quota
+    /// did not change, else a fresh one.
+    pub fn limit(&self, owner: Owner, rate: Rate, used: &mut Used) -> LimitEntry {
+        used.limits.insert((owner.clone(), rate));
+        LimitEntry {
+            local: self.limiters.get_or_create(owner.clone(), rate),
+            owner,
+            rate,
+        }
+    }
+
+    /// `upstream` as requests use it: the pool of each of its servers.
+    pub fn target(&self, upstream: &Upstream, used: &mut Used) -> Arc<Target> {
+        let servers = upstream
+            .servers
+            .iter()
+            .map(|s| {
+                used.servers.insert(s.authority.clone());
+                self.upstream.pool(&s.authority)
+            })
+            .collect();
+        Arc::new(Target {
+            name: upstream.name.clone(),
+            servers,
+        })
+    }
+
+    /// The brake at `rate`: the running one if its rate did not change.
+    pub fn brake(&self, rate: Rate, used: &mut Used) -> Arc<AuthBrake> {
+        used.brake = true;
+        let mut brake = self.brake.lock().unwrap_or_else(|e| e.into_inner());
+        match &*brake {
+            Some(b) if b.rate() == rate => b.clone(),
+            _ => {
+                let b = Arc::new(AuthBrake::new(rate));
+                *brake = Some(b.clone());
+                b
+            }
+        }
+    }
+
+    /// Drop what the installed generation does not use.
+    pub fn retain(&self, used: &Used) {
+        self.limiters.retain(&used.limits);
+        self.upstream.retain(&used.servers);
+        if !used.brake {
+            *self.brake.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// Periodic upkeep: forget idle auth-failure counters, close idle
+    /// upstream connections past their time.
+    pub fn housekeeping(&self) {
+        let brake = self.brake.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(brake) = brake {
+            brake.housekeeping();
+        }
+        self.upstream.prune_idle();
+    }
+
+    /// Number of limiters held (tests and metrics).
+    pub fn limiters(&self) -> usize {
+        self.limiters.len()
+    }
+}
