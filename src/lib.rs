@@ -31,6 +31,7 @@ pub mod base;
 pub mod error;
 pub mod metrics;
 // Steps: each owns its compiled table and how to check it.
+pub mod acme;
 pub mod auth;
 pub mod host;
 pub mod permission;
@@ -38,7 +39,6 @@ pub mod ratelimit;
 pub mod route;
 pub mod target;
 pub mod tls;
-pub mod acme;
 pub mod upstream;
 // The config file, compiled into the steps' tables.
 pub mod config;
@@ -112,6 +112,10 @@ pub async fn serve(
         "serving"
     );
     drop(snap);
+    // Stored ACME certificates are served from here on; missing ones are
+    // ordered in the background (the CA validates against the listeners
+    // started just below).
+    gw.apply_acme().await;
 
     let https = accept_loop(
         gw.clone(),

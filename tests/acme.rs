@@ -12,7 +12,7 @@ use std::time::Duration;
 use acme_support::pebble::{Pebble, PebbleConfig, free_port};
 use acme_support::{Events, ISSUE_TIMEOUT, bind, handshake, serial, serve_http01, serve_tls};
 use prometheus_client::registry::Registry;
-use twenty_gateway::acme::{AcmeMetrics, Manager, Options, Phase, Settings};
+use twenty_gateway::acme::{AcmeMetrics, Manager, Options, Phase, Settings, Shared};
 
 fn start_manager(
     directory: &str,
@@ -29,7 +29,11 @@ fn start_manager(
     .validate()
     .expect("valid settings");
     let metrics = AcmeMetrics::default();
-    let manager = Manager::with_file_store(settings, options, metrics.clone()).expect("manager");
+    let shared = Shared {
+        metrics: metrics.clone(),
+        ..Shared::default()
+    };
+    let manager = Manager::with_file_store(settings, options, shared).expect("manager");
     (Arc::new(manager), metrics)
 }
 

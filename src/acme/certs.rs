@@ -3,23 +3,21 @@
 //! One [`DashMap`] lookup per handshake; a new certificate replaces the old
 //! one in place, so a renewal never leaves a gap.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use rustls::crypto::aws_lc_rs;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 use super::store::StoredCert;
+use crate::tls::{CertSource, LoadedCert};
 
 /// An issued certificate ready to serve.
 #[derive(Debug)]
 pub struct Issued {
-    pub key: Arc<CertifiedKey>,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
+    /// As the SNI resolver serves it (`source`: `acme:<name>`).
+    pub cert: Arc<LoadedCert>,
     /// ARI identifier parts of the leaf: the DER `keyIdentifier` of its
     /// Authority Key Identifier (absent when the CA sets none) and its DER
     /// serial number.
@@ -30,36 +28,18 @@ pub struct Issued {
 impl Issued {
     /// Parse a stored key and chain; the leaf must name `name`.
     pub fn parse(name: &str, stored: &StoredCert) -> Result<Issued, String> {
-        let chain = CertificateDer::pem_slice_iter(stored.chain_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("certificate chain is not PEM: {e}"))?;
-        let leaf = chain.first().ok_or("no certificate in the chain")?;
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-            .map_err(|e| format!("leaf certificate does not parse: {e}"))?;
-        let covers = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .is_some_and(|san| {
-                san.value.general_names.iter().any(|gn| {
-                    matches!(gn, x509_parser::extensions::GeneralName::DNSName(n)
-                        if n.eq_ignore_ascii_case(name))
-                })
-            });
-        if !covers {
+        let cert = LoadedCert::from_pem(
+            stored.chain_pem.as_bytes(),
+            stored.key_pem.as_bytes(),
+            PathBuf::from(format!("acme:{name}")),
+        )
+        .map_err(|e| e.to_string())?;
+        if !cert.names.iter().any(|n| n == name) {
             return Err(format!("leaf certificate does not name {name}"));
         }
-        let time = |t: x509_parser::time::ASN1Time| {
-            let secs = t.timestamp();
-            if secs >= 0 {
-                UNIX_EPOCH + Duration::from_secs(secs as u64)
-            } else {
-                UNIX_EPOCH
-            }
-        };
-        let not_before = time(cert.validity().not_before);
-        let not_after = time(cert.validity().not_after);
-        let aki = cert
+        let (_, leaf) = x509_parser::parse_x509_certificate(cert.key.cert[0].as_ref())
+            .map_err(|e| format!("leaf certificate does not parse: {e}"))?;
+        let aki = leaf
             .iter_extensions()
             .find_map(|ext| match ext.parsed_extension() {
                 x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
@@ -67,38 +47,29 @@ impl Issued {
                 }
                 _ => None,
             });
-        let serial = cert.tbs_certificate.raw_serial().to_vec();
-
-        let key_der = PrivateKeyDer::from_pem_slice(stored.key_pem.as_bytes())
-            .map_err(|e| format!("private key is not PEM: {e}"))?;
-        let signer = aws_lc_rs::sign::any_supported_type(&key_der)
-            .map_err(|e| format!("private key is unusable: {e}"))?;
-        let key = CertifiedKey::new(chain, signer);
-        match key.keys_match() {
-            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-            Err(_) => return Err("private key does not match the certificate".into()),
-        }
+        let serial = leaf.tbs_certificate.raw_serial().to_vec();
         Ok(Issued {
-            key: Arc::new(key),
-            not_before,
-            not_after,
+            cert: Arc::new(cert),
             aki,
             serial,
         })
     }
 
+    pub fn not_before(&self) -> SystemTime {
+        self.cert.not_before
+    }
+
+    pub fn not_after(&self) -> SystemTime {
+        self.cert.not_after
+    }
+
     /// When to renew by default: when a third of the lifetime is left.
     pub fn renew_at(&self) -> SystemTime {
         let lifetime = self
-            .not_after
-            .duration_since(self.not_before)
+            .not_after()
+            .duration_since(self.not_before())
             .unwrap_or_default();
-        self.not_after - lifetime / 3
-    }
-
-    /// Seconds since the epoch of `not_after`, for the expiry metric.
-    pub fn not_after_unix(&self) -> i64 {
-        unix(self.not_after)
+        self.not_after() - lifetime / 3
     }
 }
 
@@ -118,7 +89,7 @@ pub struct Certificates {
 impl Certificates {
     /// The certificate to serve for `name` (lowercase, no trailing dot).
     pub fn get(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        self.by_name.get(name).map(|i| i.key.clone())
+        self.by_name.get(name).map(|i| i.cert.key.clone())
     }
 
     pub fn issued(&self, name: &str) -> Option<Arc<Issued>> {
@@ -133,15 +104,35 @@ impl Certificates {
         self.by_name.remove(name);
     }
 
+    /// Forget every name `keep` refuses; returns the forgotten names.
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.by_name.retain(|name, _| {
+            let k = keep(name);
+            if !k {
+                gone.push(name.clone());
+            }
+            k
+        });
+        gone
+    }
+
     /// Names with a certificate.
     pub fn names(&self) -> Vec<String> {
         self.by_name.iter().map(|e| e.key().clone()).collect()
     }
 }
 
+impl CertSource for Certificates {
+    fn lookup(&self, name: &str) -> Option<Arc<LoadedCert>> {
+        self.by_name.get(name).map(|i| i.cert.clone())
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A self-signed certificate for `name` valid from `not_before` for
     /// `lifetime`.
@@ -166,8 +157,8 @@ pub(crate) mod tests {
         let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let stored = self_signed("a.test", start, Duration::from_secs(90 * 86400));
         let issued = Issued::parse("a.test", &stored).unwrap();
-        assert_eq!(issued.not_before, start);
-        assert_eq!(issued.not_after, start + Duration::from_secs(90 * 86400));
+        assert_eq!(issued.not_before(), start);
+        assert_eq!(issued.not_after(), start + Duration::from_secs(90 * 86400));
         // A third of 90 days left: day 60.
         assert_eq!(issued.renew_at(), start + Duration::from_secs(60 * 86400));
 

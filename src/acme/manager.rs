@@ -8,10 +8,10 @@
 //! certificate keeps being served until a new one is installed. Only names
 //! given to [`Manager::set_names`] are ever ordered.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use dashmap::DashMap;
 use instant_acme::{Account, AccountCredentials, CertificateIdentifier, NewAccount};
 use rand::Rng;
 use rustls::pki_types::Der;
@@ -28,7 +28,7 @@ use super::settings::ValidSettings;
 use super::store::{FileStore, Store, StoreError};
 
 /// Tuning that is not part of the config (tests shorten the times).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// Orders in flight at once, across names.
     pub concurrency: usize,
@@ -121,6 +121,15 @@ pub enum ManagerError {
     Tls(#[from] rustls::Error),
 }
 
+/// What managers share with the TLS and HTTP layers, and with the next
+/// manager when the `acme` settings change.
+#[derive(Clone, Debug, Default)]
+pub struct Shared {
+    pub certs: Arc<Certificates>,
+    pub challenges: Arc<Challenges>,
+    pub metrics: AcmeMetrics,
+}
+
 /// Orders and renews certificates for the configured names. Dropping it
 /// stops every background task.
 pub struct Manager {
@@ -139,7 +148,7 @@ struct Inner {
     /// Whether the CA offers ARI: unknown until asked.
     ari: Mutex<Option<bool>>,
     slots: Semaphore,
-    names: Mutex<HashMap<String, NameState>>,
+    names: DashMap<String, NameState>,
     /// Bumped on every status change; first-certificate waiters re-check.
     changed: watch::Sender<u64>,
 }
@@ -162,7 +171,7 @@ impl Manager {
         settings: ValidSettings,
         options: Options,
         store: Arc<dyn Store>,
-        metrics: AcmeMetrics,
+        shared: Shared,
     ) -> Result<Self, ManagerError> {
         let http = AcmeHttp::new(settings.ca_roots.as_deref())?;
         let slots = Semaphore::new(options.concurrency.max(1));
@@ -172,13 +181,13 @@ impl Manager {
                 options,
                 http,
                 store,
-                challenges: Arc::default(),
-                certs: Arc::default(),
-                metrics,
+                challenges: shared.challenges,
+                certs: shared.certs,
+                metrics: shared.metrics,
                 account: Default::default(),
                 ari: Mutex::new(None),
                 slots,
-                names: Mutex::new(HashMap::new()),
+                names: DashMap::new(),
                 changed: watch::Sender::new(0),
             }),
         })
@@ -188,10 +197,10 @@ impl Manager {
     pub fn with_file_store(
         settings: ValidSettings,
         options: Options,
-        metrics: AcmeMetrics,
+        shared: Shared,
     ) -> Result<Self, ManagerError> {
         let store = Arc::new(FileStore::open(&settings.storage)?);
-        Self::new(settings, options, store, metrics)
+        Self::new(settings, options, store, shared)
     }
 
     /// The issued certificates, for the TLS layer.
@@ -223,7 +232,7 @@ impl Manager {
         wanted.dedup();
 
         let new: Vec<String> = {
-            let mut map = self.inner.lock_names();
+            let map = &self.inner.names;
             map.retain(|name, state| {
                 let keep = wanted.binary_search(name).is_ok();
                 if !keep {
@@ -255,8 +264,8 @@ impl Manager {
         for name in new {
             self.inner.refresh_from_store(&name).await;
             let task = tokio::spawn(self.inner.clone().run(name.clone()));
-            match self.inner.lock_names().get_mut(&name) {
-                Some(state) => state.task = Some(task),
+            match self.inner.names.get_mut(&name) {
+                Some(mut state) => state.task = Some(task),
                 // Removed by a concurrent set_names meanwhile.
                 None => task.abort(),
             }
@@ -266,7 +275,12 @@ impl Manager {
 
     /// Where `name` stands; `None` if it is not managed.
     pub fn status(&self, name: &str) -> Option<Status> {
-        self.inner.lock_names().get(name).map(|s| s.status.clone())
+        self.inner.names.get(name).map(|s| s.status.clone())
+    }
+
+    /// Where `name` stands, without the rest of its status.
+    pub fn phase(&self, name: &str) -> Option<Phase> {
+        self.inner.names.get(name).map(|s| s.status.phase.clone())
     }
 
     /// `name`'s certificate; if it has none yet but is being ordered, wait
@@ -284,7 +298,7 @@ impl Manager {
                 if let Some(key) = self.inner.certs.get(name) {
                     return Some(key);
                 }
-                match self.status(name)?.phase {
+                match self.phase(name)? {
                     Phase::Loading | Phase::Ordering => {}
                     Phase::Waiting { .. } | Phase::Backoff { .. } => return None,
                 }
@@ -297,7 +311,7 @@ impl Manager {
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        for state in self.inner.lock_names().values_mut() {
+        for mut state in self.inner.names.iter_mut() {
             if let Some(task) = state.task.take() {
                 task.abort();
             }
@@ -306,12 +320,8 @@ impl Drop for Manager {
 }
 
 impl Inner {
-    fn lock_names(&self) -> std::sync::MutexGuard<'_, HashMap<String, NameState>> {
-        self.names.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn update(&self, name: &str, f: impl FnOnce(&mut Status)) {
-        if let Some(state) = self.lock_names().get_mut(name) {
+        if let Some(mut state) = self.names.get_mut(name) {
             f(&mut state.status);
         }
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
@@ -323,8 +333,8 @@ impl Inner {
 
     /// Serve `issued` for `name` from now on.
     fn install(&self, name: &str, issued: Arc<Issued>) {
-        self.metrics.set_expiry(name, issued.not_after);
-        let not_after = issued.not_after;
+        self.metrics.set_expiry(name, issued.not_after());
+        let not_after = issued.not_after();
         self.certs.install(name, issued);
         self.update(name, |s| s.not_after = Some(not_after));
     }
@@ -347,13 +357,13 @@ impl Inner {
                 return;
             }
         };
-        if issued.not_after <= SystemTime::now() {
+        if issued.not_after() <= SystemTime::now() {
             return;
         }
         let newer = self
             .certs
             .issued(name)
-            .is_none_or(|current| issued.not_after > current.not_after);
+            .is_none_or(|current| issued.not_after() > current.not_after());
         if newer {
             self.install(name, Arc::new(issued));
         }
@@ -466,7 +476,7 @@ impl Inner {
             let failure = match &result {
                 Ok(issued) => {
                     self.metrics.order_issued();
-                    let not_after = humantime::format_rfc3339_seconds(issued.not_after);
+                    let not_after = humantime::format_rfc3339_seconds(issued.not_after());
                     match &current {
                         None => tracing::info!(
                             event = "acme_certificate_issued",
@@ -480,7 +490,7 @@ impl Inner {
                             name,
                             challenge = method.as_str(),
                             not_after = %not_after,
-                            previous_not_after = %humantime::format_rfc3339_seconds(old.not_after),
+                            previous_not_after = %humantime::format_rfc3339_seconds(old.not_after()),
                             "certificate renewed"
                         ),
                     }
@@ -644,7 +654,7 @@ impl Inner {
                 *self.ari.lock().unwrap_or_else(PoisonError::into_inner) = Some(true);
                 let start = SystemTime::from(info.suggested_window.start);
                 let end = SystemTime::from(info.suggested_window.end);
-                pick_in_window(start, end).min(current.not_after)
+                pick_in_window(start, end).min(current.not_after())
             }
             Err(instant_acme::Error::Unsupported(_)) => {
                 *self.ari.lock().unwrap_or_else(PoisonError::into_inner) = Some(false);

@@ -1,39 +1,35 @@
-//! ACME and certificate metrics. `name` labels are names from the config
-//! (tenant domains, file certificates' first DNS names), so cardinality is
-//! bounded by the config.
+//! The ACME view of the gateway's metrics: `gateway_acme_orders_total` and
+//! `gateway_certificate_expiry_timestamp_seconds` (declared and registered
+//! in [`crate::metrics::Metrics`]). `name` labels are names from the config,
+//! so cardinality is bounded by the config.
 
 use std::time::SystemTime;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::certs::unix;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OrderResult {
-    pub result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CertName {
-    pub name: String,
-}
+use crate::metrics::{CertLabels, Metrics, ResultLabels};
 
 /// Cheap to clone: clones share their values.
 #[derive(Clone, Debug, Default)]
 pub struct AcmeMetrics {
-    /// `gateway_acme_orders_total{result=issued|failed}`: ACME orders placed,
-    /// by how they ended.
-    pub orders: Family<OrderResult, Counter>,
-    /// `gateway_certificate_expiry_timestamp_seconds{name}`: `not_after` of
-    /// every certificate served.
-    pub expiry: Family<CertName, Gauge>,
+    pub orders: Family<ResultLabels, Counter>,
+    pub expiry: Family<CertLabels, Gauge>,
 }
 
 impl AcmeMetrics {
+    /// The families the gateway's registry exposes.
+    pub fn of(metrics: &Metrics) -> Self {
+        AcmeMetrics {
+            orders: metrics.acme_orders.clone(),
+            expiry: metrics.certificate_expiry.clone(),
+        }
+    }
+
+    /// Register standalone (a manager without the gateway's metrics).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "gateway_acme_orders",
@@ -49,20 +45,20 @@ impl AcmeMetrics {
 
     pub fn order_issued(&self) {
         self.orders
-            .get_or_create(&OrderResult { result: "issued" })
+            .get_or_create(&ResultLabels { result: "issued" })
             .inc();
     }
 
     pub fn order_failed(&self) {
         self.orders
-            .get_or_create(&OrderResult { result: "failed" })
+            .get_or_create(&ResultLabels { result: "failed" })
             .inc();
     }
 
     /// Record `name`'s certificate expiry (ACME and file certificates alike).
     pub fn set_expiry(&self, name: &str, not_after: SystemTime) {
         self.expiry
-            .get_or_create(&CertName {
+            .get_or_create(&CertLabels {
                 name: name.to_string(),
             })
             .set(unix(not_after));
@@ -70,7 +66,7 @@ impl AcmeMetrics {
 
     /// `name` is no longer served.
     pub fn remove_expiry(&self, name: &str) {
-        self.expiry.remove(&CertName {
+        self.expiry.remove(&CertLabels {
             name: name.to_string(),
         });
     }
@@ -109,5 +105,18 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("b.test"), "{out}");
+    }
+
+    #[test]
+    fn shares_the_gateway_families() {
+        let gateway = Metrics::new();
+        AcmeMetrics::of(&gateway).order_issued();
+        assert_eq!(
+            gateway
+                .acme_orders
+                .get_or_create(&ResultLabels { result: "issued" })
+                .get(),
+            1
+        );
     }
 }

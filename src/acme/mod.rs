@@ -17,13 +17,17 @@
 //! - [`client`] — the HTTPS client instant-acme talks through (`ca_roots`).
 //! - [`metrics`] — `gateway_acme_orders_total`,
 //!   `gateway_certificate_expiry_timestamp_seconds`.
+//! - [`service`] — [`Acme`]: what the gateway holds for its whole life: the
+//!   manager of the current settings (rebuilt when they change), and the
+//!   certificate source and challenge answers the listeners read.
 //!
 //! The TLS layer's part: answer a ClientHello that offers only `acme-tls/1`
-//! ([`challenge::is_acme_tls_alpn`]) with
-//! [`Challenges::tls_alpn01_server_config`] and end the connection after the
-//! handshake; serve [`Certificates::get`] for ordered names. The HTTP
+//! ([`challenge::is_acme_tls_alpn`]) with [`Acme::tls_alpn01_config`] and
+//! end the connection after the handshake; let a handshake for a name whose
+//! first certificate is being ordered wait ([`Acme::first_certificate`]);
+//! serve [`Certificates`] as a [`crate::tls::CertSource`]. The HTTP
 //! listener's part: answer `GET /.well-known/acme-challenge/<token>`
-//! ([`challenge::http01_token`]) with [`Challenges::http01`].
+//! ([`challenge::http01_token`]) with [`Acme::http01`].
 
 pub mod certs;
 pub mod challenge;
@@ -31,13 +35,15 @@ pub mod client;
 pub mod manager;
 pub mod metrics;
 pub mod order;
+pub mod service;
 pub mod settings;
 pub mod store;
 
 pub use certs::{Certificates, Issued};
 pub use challenge::Challenges;
-pub use manager::{Manager, Options, Phase, Status};
+pub use manager::{Manager, ManagerError, Options, Phase, Shared, Status};
 pub use metrics::AcmeMetrics;
+pub use service::Acme;
 pub use settings::{FieldError, Settings, ValidSettings};
 pub use store::{FileStore, Store, StoreError, StoredCert};
 

@@ -38,7 +38,7 @@ impl fmt::Display for FieldError {
 }
 
 /// Settings that passed validation, with `ca_roots` read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidSettings {
     pub directory: String,
     pub contact: Vec<String>,

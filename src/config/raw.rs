@@ -30,6 +30,19 @@ pub struct RawConfig {
     pub keys: Vec<RawKey>,
     #[serde(default)]
     pub access_log: Option<bool>,
+    #[serde(default)]
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: String,
+    #[serde(default)]
+    pub contact: Vec<String>,
+    pub storage: String,
+    #[serde(default)]
+    pub ca_roots: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -223,33 +223,81 @@ pub fn serve_http01(
 // client
 // ---------------------------------------------------------------------------------------------
 
-/// Handshake with `addr` for `sni`, trusting only `root`; the chain served.
-pub async fn handshake(
-    addr: SocketAddr,
-    sni: &str,
-    root: CertificateDer<'static>,
-) -> Result<Vec<CertificateDer<'static>>, std::io::Error> {
+/// A client trusting only `root`, offering `alpn`.
+pub fn client_config(root: CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root).expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(config)
+}
+
+pub type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS connection to `addr` for `sni` with `config`.
+pub async fn connect(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream, std::io::Error> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_string()).expect("name");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
-        .await?;
-    let (_, conn) = tls.get_ref();
-    Ok(conn
+        .await
+}
+
+/// The chain a TLS stream's server sent.
+pub fn peer_chain(tls: &TlsStream) -> Vec<CertificateDer<'static>> {
+    tls.get_ref()
+        .1
         .peer_certificates()
         .unwrap_or_default()
         .iter()
         .map(|c| c.clone().into_owned())
-        .collect())
+        .collect()
+}
+
+/// Handshake with `addr` for `sni`, trusting only `root`; the chain served.
+pub async fn handshake(
+    addr: SocketAddr,
+    sni: &str,
+    root: CertificateDer<'static>,
+) -> Result<Vec<CertificateDer<'static>>, std::io::Error> {
+    let tls = connect(addr, sni, client_config(root, &[])).await?;
+    Ok(peer_chain(&tls))
+}
+
+/// `GET path` over HTTP/1.1 on a TLS connection for `sni` (also the Host)
+/// trusting only `root`: the status, the body and the chain served.
+pub async fn https_get(
+    addr: SocketAddr,
+    sni: &str,
+    root: CertificateDer<'static>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String, Vec<CertificateDer<'static>>), Box<dyn std::error::Error + Send + Sync>> {
+    use http_body_util::BodyExt;
+    let tls = connect(addr, sni, client_config(root, &[b"http/1.1"])).await?;
+    let chain = peer_chain(&tls);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path).header("host", sni);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send
+        .send_request(req.body(http_body_util::Empty::<Bytes>::new())?)
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned(), chain))
 }
 
 /// The leaf's serial number, hex.

@@ -7,9 +7,10 @@
 //!
 //! One file per part of the config: [`values`] (addresses, durations, sizes,
 //! rates, upstream URLs, limits), [`tenants`] (tenants, their hosts and
-//! upstream overrides), [`keys`]. Each compiles into the table of the step
+//! upstream overrides), [`keys`], [`acme`]. Each compiles into the table of the step
 //! that uses it (host, route, auth).
 
+mod acme;
 mod keys;
 mod tenants;
 mod values;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use self::acme::Acme;
 pub use self::tenants::{Tenant, TenantRoute};
 pub use self::values::parse_size;
 use self::values::{parse_addr, parse_cidr, parse_upstream, validate_limits};
@@ -47,6 +49,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     pub keys: KeyTable,
     pub access_log: bool,
+    /// ACME for tenant domains no file certificate covers.
+    pub acme: Option<Acme>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +133,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
     let (hosts, tenants, tenant_ids) =
         tenants::validate_tenants(&mut c, &raw, &upstreams, &routes, &dir);
     let keys = keys::validate_keys(&mut c, &raw.keys, &tenant_ids, &tenants, &limits);
+    let acme = acme::validate_acme(&mut c, &raw, &dir, &certs);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors {
@@ -147,6 +152,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
         tenants,
         keys,
         access_log: raw.access_log.unwrap_or(true),
+        acme,
     })
 }
 
