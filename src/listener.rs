@@ -157,8 +157,9 @@ async fn serve_connection(
 /// certificate before going on with the default certificate (SPEC).
 const FIRST_CERTIFICATE_WAIT: Duration = Duration::from_secs(10);
 
-enum Handshake {
-    Ready(Box<TlsStream<TcpStream>>),
+/// How a TLS handshake ended ([`handshake`]).
+pub enum Handshake<IO> {
+    Ready(Box<TlsStream<IO>>),
     /// A TLS-ALPN-01 validation got its challenge certificate; nothing more
     /// is served on that connection.
     AcmeAnswered,
@@ -175,19 +176,23 @@ enum Handshake {
 /// whose first ACME certificate is being ordered waits for it up to
 /// [`FIRST_CERTIFICATE_WAIT`]. Reading the hello and finishing the handshake
 /// are each bounded by `timeout`.
-async fn handshake(
+/// (Public for `benches/handshake.rs`.)
+pub async fn handshake<IO>(
     gw: &Gateway,
-    tcp: TcpStream,
+    tcp: IO,
     config: Arc<ServerConfig>,
     timeout: Duration,
-) -> Handshake {
-    fn failed(e: impl std::fmt::Display) -> Handshake {
+) -> Handshake<IO>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    fn failed<IO>(e: impl std::fmt::Display) -> Handshake<IO> {
         Handshake::Failed {
             result: "error",
             reason: e.to_string(),
         }
     }
-    fn timed_out() -> Handshake {
+    fn timed_out<IO>() -> Handshake<IO> {
         Handshake::Failed {
             result: "timeout",
             reason: "timeout".into(),

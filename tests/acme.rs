@@ -63,6 +63,20 @@ impl Env {
         }
     }
 
+    /// Like [`Env::start`], with pebble validating TLS-ALPN-01 against a TLS
+    /// listener serving the manager (`config.tls_port` is set here); HTTP-01
+    /// goes nowhere unless `config.http_port` says otherwise.
+    async fn with_tls_listener(mut config: PebbleConfig, options: Options) -> (Env, u16) {
+        let (listener, port) = bind().await;
+        config.tls_port = port;
+        if config.http_port == 0 {
+            config.http_port = free_port();
+        }
+        let env = Env::start(config, options);
+        serve_tls(listener, env.manager.clone());
+        (env, port)
+    }
+
     /// The manager's storage directory.
     fn storage(&self) -> std::path::PathBuf {
         self.storage.path().join("acme")
@@ -106,19 +120,11 @@ async fn wait_status(manager: &Manager, name: &str, what: &str, f: impl Fn(&Phas
 #[tokio::test]
 async fn tls_alpn01_issues_and_a_restart_with_the_ca_gone_orders_nothing() {
     let (events, _guard) = Events::capture();
-    let (tls_listener, tls_port) = bind().await;
     let options = Options {
         http01: false,
         ..Options::default()
     };
-    let env = Env::start(
-        PebbleConfig {
-            tls_port,
-            http_port: free_port(), // nothing listens: HTTP-01 would fail
-            ..Default::default()
-        },
-        options.clone(),
-    );
+    let (env, tls_port) = Env::with_tls_listener(PebbleConfig::default(), options.clone()).await;
     let storage = env.storage();
     let Env {
         pebble,
@@ -126,7 +132,6 @@ async fn tls_alpn01_issues_and_a_restart_with_the_ca_gone_orders_nothing() {
         manager,
         metrics,
     } = env;
-    serve_tls(tls_listener, manager.clone());
 
     let name = "crm.alpn.test";
     let refused = manager
@@ -301,19 +306,16 @@ async fn http01_is_used_when_tls_alpn01_validation_fails() {
 #[tokio::test]
 async fn renewal_replaces_the_certificate_without_a_gap() {
     let (events, _guard) = Events::capture();
-    let (tls_listener, tls_port) = bind().await;
     // 15 s certificates: renewed with 5 s left.
-    let env = Env::start(
+    let (env, tls_port) = Env::with_tls_listener(
         PebbleConfig {
-            tls_port,
-            http_port: free_port(),
             validity: Some(Duration::from_secs(15)),
             ..Default::default()
         },
         Options::default(),
-    );
+    )
+    .await;
     let (pebble, manager) = (&env.pebble, env.manager.clone());
-    serve_tls(tls_listener, manager.clone());
     let root = pebble.issuing_root().await;
 
     let name = "crm.renew.test";
@@ -412,11 +414,8 @@ async fn a_dead_ca_is_retried_with_doubling_backoff() {
 #[tokio::test]
 async fn a_refused_name_does_not_hold_up_the_others() {
     let (events, _guard) = Events::capture();
-    let (tls_listener, tls_port) = bind().await;
-    let env = Env::start(
+    let (env, _) = Env::with_tls_listener(
         PebbleConfig {
-            tls_port,
-            http_port: free_port(),
             blocklist: vec!["blocked.refuse.test".into()],
             ..Default::default()
         },
@@ -426,9 +425,9 @@ async fn a_refused_name_does_not_hold_up_the_others() {
             backoff_base: Duration::from_secs(3600),
             ..Options::default()
         },
-    );
+    )
+    .await;
     let manager = env.manager.clone();
-    serve_tls(tls_listener, manager.clone());
     let names = ["a.refuse.test", "blocked.refuse.test", "c.refuse.test"];
     manager.set_names(names.iter().map(|n| n.to_string())).await;
     for name in [names[0], names[2]] {

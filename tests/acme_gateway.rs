@@ -56,6 +56,40 @@ fn acme_block(setup: &GatewaySetup, pebble: &Pebble) -> String {
     )
 }
 
+/// A running pebble, its issuing root, a gateway setup and the `acme:`
+/// block pointing at pebble.
+struct Fixture {
+    pebble: Pebble,
+    /// The gateway's HTTPS port, where pebble validates TLS-ALPN-01.
+    https: u16,
+    root: rustls::pki_types::CertificateDer<'static>,
+    setup: GatewaySetup,
+    acme: String,
+}
+
+/// `config.tls_port` 0: the gateway's HTTPS port (chosen here); `http_port`
+/// 0: nothing (HTTP-01 fails).
+async fn fixture(mut config: PebbleConfig) -> Fixture {
+    let https = free_port();
+    if config.tls_port == 0 {
+        config.tls_port = https;
+    }
+    if config.http_port == 0 {
+        config.http_port = free_port();
+    }
+    let pebble = Pebble::start(config);
+    let root = pebble.issuing_root().await;
+    let setup = GatewaySetup::new();
+    let acme = acme_block(&setup, &pebble);
+    Fixture {
+        pebble,
+        https,
+        root,
+        setup,
+        acme,
+    }
+}
+
 fn event_is(line: &str, event: &str, name: &str) -> bool {
     parse_json_line(line).is_some_and(|m| {
         m.get("event").and_then(Value::as_str) == Some(event)
@@ -109,15 +143,14 @@ async fn get_delta(
 #[tokio::test]
 async fn a_tenant_domain_gets_a_certificate_and_a_restart_without_the_ca_orders_nothing() {
     let up = spawn_upstream("core").await;
-    let https = free_port();
-    let pebble = Pebble::start(PebbleConfig {
-        tls_port: https,
-        http_port: free_port(),
-        ..Default::default()
-    });
-    let root = pebble.issuing_root().await;
-    let setup = GatewaySetup::new();
-    let yaml = config(&up.url(), https, None, DELTA, &acme_block(&setup, &pebble));
+    let Fixture {
+        pebble,
+        https,
+        root,
+        setup,
+        acme,
+    } = fixture(PebbleConfig::default()).await;
+    let yaml = config(&up.url(), https, None, DELTA, &acme);
     let mut gw = setup.spawn(&yaml).await;
 
     // The first handshake for the name waits for its first certificate; the
@@ -184,22 +217,16 @@ async fn a_tenant_domain_gets_a_certificate_and_a_restart_without_the_ca_orders_
 #[tokio::test]
 async fn http01_on_the_plain_listener_when_tls_alpn01_fails() {
     let up = spawn_upstream("core").await;
-    let (https, http) = (free_port(), free_port());
-    let pebble = Pebble::start(PebbleConfig {
+    let http = free_port();
+    let f = fixture(PebbleConfig {
         tls_port: free_port(), // nothing there: TLS-ALPN-01 fails
         http_port: http,
         ..Default::default()
-    });
-    let root = pebble.issuing_root().await;
-    let setup = GatewaySetup::new();
-    let yaml = config(
-        &up.url(),
-        https,
-        Some(http),
-        DELTA,
-        &acme_block(&setup, &pebble),
-    );
-    let gw = setup.spawn(&yaml).await;
+    })
+    .await;
+    let root = f.root.clone();
+    let yaml = config(&up.url(), f.https, Some(http), DELTA, &f.acme);
+    let gw = f.setup.spawn(&yaml).await;
 
     let failed = wait_event(&gw, "acme_order_failed", DELTA, ISSUE_TIMEOUT).await;
     assert_eq!(failed["challenge"], "tls-alpn-01");
@@ -227,16 +254,10 @@ async fn http01_on_the_plain_listener_when_tls_alpn01_fails() {
 #[tokio::test]
 async fn a_domain_added_by_reload_gets_its_certificate_without_a_restart() {
     let up = spawn_upstream("core").await;
-    let https = free_port();
-    let pebble = Pebble::start(PebbleConfig {
-        tls_port: https,
-        http_port: free_port(),
-        ..Default::default()
-    });
-    let root = pebble.issuing_root().await;
-    let setup = GatewaySetup::new();
-    let acme = acme_block(&setup, &pebble);
-    let gw = setup
+    let f = fixture(PebbleConfig::default()).await;
+    let (https, acme, root) = (f.https, f.acme.clone(), f.root.clone());
+    let gw = f
+        .setup
         .spawn(&config(&up.url(), https, None, "", &acme))
         .await;
     assert!(events(&gw, "acme_order_started").is_empty());
@@ -252,18 +273,15 @@ async fn a_domain_added_by_reload_gets_its_certificate_without_a_restart() {
 #[tokio::test]
 async fn short_lived_certificates_renew_without_a_failed_handshake() {
     let up = spawn_upstream("core").await;
-    let https = free_port();
     // 15 s certificates: renewed with 5 s left.
-    let pebble = Pebble::start(PebbleConfig {
-        tls_port: https,
-        http_port: free_port(),
+    let f = fixture(PebbleConfig {
         validity: Some(Duration::from_secs(15)),
         ..Default::default()
-    });
-    let root = pebble.issuing_root().await;
-    let setup = GatewaySetup::new();
-    let yaml = config(&up.url(), https, None, DELTA, &acme_block(&setup, &pebble));
-    let gw = setup.spawn(&yaml).await;
+    })
+    .await;
+    let root = f.root.clone();
+    let yaml = config(&up.url(), f.https, None, DELTA, &f.acme);
+    let gw = f.setup.spawn(&yaml).await;
     let first = handshake(gw.https(), DELTA, root.clone())
         .await
         .expect("first handshake");
