@@ -103,6 +103,8 @@ pub enum GatewayError {
     UnknownHost,
     #[error("no route for path")]
     NoRoute,
+    #[error("no pending ACME HTTP-01 challenge with this token")]
+    UnknownChallenge,
     #[error("missing API key")]
     MissingKey,
     #[error("missing or empty token query parameter on a twenty_token route")]
@@ -224,6 +226,7 @@ pub enum Outcome {
     Misdirected,
     UnknownHost,
     NoRoute,
+    UnknownChallenge,
     /// The client reset or closed before a response existed (logged as 499).
     ClientClosed,
     Internal,
@@ -250,6 +253,7 @@ impl Outcome {
             Outcome::Misdirected => "misdirected",
             Outcome::UnknownHost => "unknown_host",
             Outcome::NoRoute => "no_route",
+            Outcome::UnknownChallenge => "unknown_challenge",
             Outcome::ClientClosed => "client_closed",
             Outcome::Internal => "internal",
         }
@@ -396,6 +400,12 @@ impl GatewayError {
                 "NOT_FOUND",
                 Outcome::NoRoute,
                 "No route for this path",
+            ),
+            E::UnknownChallenge => row(
+                S::NOT_FOUND,
+                "NOT_FOUND",
+                Outcome::UnknownChallenge,
+                "Unknown ACME challenge",
             ),
             E::MissingKey => row(
                 S::UNAUTHORIZED,
@@ -643,6 +653,7 @@ mod tests {
             GatewayError::Misdirected,
             GatewayError::UnknownHost,
             GatewayError::NoRoute,
+            GatewayError::UnknownChallenge,
             GatewayError::MissingKey,
             GatewayError::MissingToken,
             GatewayError::InvalidKey,
@@ -682,6 +693,7 @@ mod tests {
                 (421, "MISDIRECTED_REQUEST", "misdirected"),
                 (404, "NOT_FOUND", "unknown_host"),
                 (404, "NOT_FOUND", "no_route"),
+                (404, "NOT_FOUND", "unknown_challenge"),
                 (401, "UNAUTHENTICATED", "missing_key"),
                 (401, "UNAUTHENTICATED", "missing_key"),
                 (401, "UNAUTHENTICATED", "invalid_key"),

@@ -27,6 +27,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod metrics;
 // Steps: each owns its compiled table and how to check it.
+pub mod acme;
 pub mod auth;
 pub mod cluster;
 pub mod host;
@@ -109,6 +110,10 @@ pub async fn serve(
         "serving"
     );
     drop(snap);
+    // Stored ACME certificates are served from here on; missing ones are
+    // ordered in the background (the CA validates against the listeners
+    // started just below).
+    gw.apply_acme().await;
 
     let https = accept_loop(
         gw.clone(),

@@ -57,6 +57,12 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// A certificate by the name it is served for (a configured name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub name: String,
+}
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One tenant route's `gateway_requests_total` counters, one per status
@@ -83,6 +89,10 @@ pub struct Metrics {
     pub tls_handshakes: Family<ResultLabels, Counter>,
     pub connections_refused: Counter,
     pub access_log_dropped: Counter<u64, AtomicU64>,
+    /// ACME orders by result (`issued`, `failed`).
+    pub acme_orders: Family<ResultLabels, Counter>,
+    /// `not_after` of every certificate served (files and ACME).
+    pub certificate_expiry: Family<CertLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -109,6 +119,8 @@ impl Metrics {
             tls_handshakes: Family::default(),
             connections_refused: Counter::default(),
             access_log_dropped: Counter::default(),
+            acme_orders: Family::default(),
+            certificate_expiry: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -175,6 +187,16 @@ impl Metrics {
             "gateway_access_log_dropped",
             "Access-log lines dropped because stdout could not keep up",
             m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "gateway_acme_orders",
+            "ACME orders placed, by result (issued, failed)",
+            m.acme_orders.clone(),
+        );
+        registry.register(
+            "gateway_certificate_expiry_timestamp_seconds",
+            "Expiry (not_after, Unix seconds) of each certificate served, by name",
+            m.certificate_expiry.clone(),
         );
         Metrics { registry, ..m }
     }

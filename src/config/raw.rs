@@ -33,6 +33,19 @@ pub struct RawConfig {
     /// Limits shared through Redis (`cluster::settings` mirrors the block).
     #[serde(default)]
     pub cluster: Option<crate::cluster::RawSettings>,
+    #[serde(default)]
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: String,
+    #[serde(default)]
+    pub contact: Vec<String>,
+    pub storage: String,
+    #[serde(default)]
+    pub ca_roots: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::body::Payload;
 use super::ctx::{ConnInfo, RequestCtx};
+use crate::acme;
 use crate::auth::{self, Refused};
 use crate::error::{BadRequest, GatewayError};
 use crate::host::{self, RequestHost};
@@ -34,6 +35,16 @@ pub async fn run(
     // 1. The head alone: size, target, method, framing. Nothing below may
     //    look at a path an upstream could read differently.
     check_head(&req, snap.config.limits.max_header_bytes)?;
+
+    // 1b. ACME HTTP-01 on the plain listener (with `acme` set): the CA
+    //     fetches its token with no key, for a name that may have no
+    //     certificate yet, so it is answered before the host and route checks.
+    if conn.tls.is_none()
+        && snap.config.acme.is_some()
+        && let Some(token) = acme::challenge::http01_token(req.uri().path())
+    {
+        return answer_http01(gw, token);
+    }
     let (mut parts, body) = req.into_parts();
 
     // 2. The host, malformed → 400; then 421 before the tenant lookup: a
@@ -178,6 +189,19 @@ pub fn check_head<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), Ga
         return Err(GatewayError::BadRequest(BadRequest::Framing));
     }
     Ok(())
+}
+
+/// Step 1b: the key authorization for a pending HTTP-01 challenge; 404
+/// `NOT_FOUND` for any other token.
+pub fn answer_http01(gw: &Gateway, token: &str) -> Result<Response<Payload>, GatewayError> {
+    let answer = gw
+        .acme
+        .http01(token)
+        .ok_or(GatewayError::UnknownChallenge)?;
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(Payload::full(answer.into()))
+        .map_err(|e| GatewayError::Internal(e.into()))
 }
 
 /// Step 2b: 421 when the connection's certificate does not cover the host.

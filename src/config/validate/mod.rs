@@ -7,9 +7,10 @@
 //!
 //! One file per part of the config: [`values`] (addresses, durations, sizes,
 //! rates, upstream URLs, limits), [`tenants`] (tenants, their hosts and
-//! upstream overrides), [`keys`], [`cluster`]. Each compiles into the table of the step
+//! upstream overrides), [`keys`], [`cluster`], [`acme`]. Each compiles into the table of the step
 //! that uses it (host, route, auth).
 
+mod acme;
 mod cluster;
 mod keys;
 mod tenants;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use self::acme::Acme;
 pub use self::tenants::{Tenant, TenantRoute};
 pub use self::values::parse_size;
 use self::values::{parse_addr, parse_cidr, parse_upstream, validate_limits};
@@ -50,6 +52,8 @@ pub struct Config {
     pub access_log: bool,
     /// Limits shared through Redis, when `cluster` is set.
     pub cluster: Option<crate::cluster::Settings>,
+    /// ACME for tenant domains no file certificate covers.
+    pub acme: Option<Acme>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +149,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
         .cluster
         .as_ref()
         .and_then(|r| cluster::validate_cluster(&mut c, r));
+    let acme = acme::validate_acme(&mut c, &raw, &dir, &certs);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors {
@@ -164,6 +169,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
         keys,
         access_log: raw.access_log.unwrap_or(true),
         cluster,
+        acme,
     })
 }
 
