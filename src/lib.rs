@@ -27,6 +27,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod balance;
 pub mod cli;
 pub mod codec_errors;
 pub mod config;
