@@ -237,7 +237,10 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(Policy::new(Some(&check(2, 1))));
         assert_eq!(h.on_request(Outcome::Timeout, t0), None);
-        assert_eq!(h.on_request(Outcome::ConnectFailure, t0), Some(Change::Down));
+        assert_eq!(
+            h.on_request(Outcome::ConnectFailure, t0),
+            Some(Change::Down)
+        );
         assert!(!h.eligible(t0 + PASSIVE_RETRY_AFTER * 10));
         assert_eq!(h.on_check(true, t0), Some(Change::Up));
     }

@@ -6,7 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use super::connect::TlsClient;
 use super::health::Outcome;
@@ -137,9 +138,8 @@ impl ServerPool {
         if count == 1 {
             return index(0);
         }
-        let mut rng = rand::rng();
-        let a = rng.random_range(0..count);
-        let mut b = rng.random_range(0..count - 1);
+        let (a, mut b) =
+            RNG.with_borrow_mut(|rng| (rng.random_range(0..count), rng.random_range(0..count - 1)));
         if b >= a {
             b += 1;
         }
@@ -160,6 +160,12 @@ impl ServerPool {
             deadline: Instant::now() + budget,
         }
     }
+}
+
+thread_local! {
+    /// Load balancing wants speed, not secrecy: a small generator per
+    /// thread, seeded once from the OS.
+    static RNG: std::cell::RefCell<SmallRng> = std::cell::RefCell::new(SmallRng::from_os_rng());
 }
 
 /// The index of the `rank`-th set flag (there are more than `rank`).
@@ -213,7 +219,9 @@ impl Failover<'_> {
     pub fn next(&mut self, failed: Pick, outcome: Outcome) -> Option<Pick> {
         failed.report(outcome);
         drop(failed);
-        let index = self.pool.choose(&self.tried, &mut lazy(&mut Instant::now))?;
+        let index = self
+            .pool
+            .choose(&self.tried, &mut lazy(&mut Instant::now))?;
         self.tried.push(index);
         Some(Pick::new(self.pool, index))
     }
@@ -395,18 +403,15 @@ mod tests {
         let mut failover = pool.failover(Duration::from_millis(50));
         let first = failover.first();
         let hung = first.server().clone();
-        let r: Result<(Pick, ()), Unreachable<&str>> = failover
-            .connect(first, |_| std::future::pending())
-            .await;
+        let r: Result<(Pick, ()), Unreachable<&str>> =
+            failover.connect(first, |_| std::future::pending()).await;
         assert!(matches!(r, Err(Unreachable::Timeout)));
         assert_eq!(hung.outstanding(), 0);
 
         // Everyone refuses: the last error.
         let mut failover = pool.failover(Duration::from_secs(5));
         let first = failover.first();
-        let r: Result<(Pick, ()), _> = failover
-            .connect(first, |_| async { Err("refused") })
-            .await;
+        let r: Result<(Pick, ()), _> = failover.connect(first, |_| async { Err("refused") }).await;
         assert!(matches!(r, Err(Unreachable::Failed("refused"))));
     }
 }

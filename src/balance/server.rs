@@ -71,6 +71,15 @@ impl Server {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// An active check task runs for it.
+    pub fn is_checked(&self) -> bool {
+        self.checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(Checker::is_running)
+    }
+
     /// The health flag as it changes (`true` = healthy).
     pub fn watch_health(&self) -> watch::Receiver<bool> {
         self.changes.subscribe()

@@ -137,7 +137,10 @@ mod tests {
         assert_eq!((u.scheme(), u.port()), (Scheme::Https, 443));
         assert!(u.server_name().is_some());
         let u = ServerUrl::parse("https://[::1]:8443/").unwrap();
-        assert_eq!((u.host(), u.port(), u.authority().as_str()), ("::1", 8443, "[::1]:8443"));
+        assert_eq!(
+            (u.host(), u.port(), u.authority().as_str()),
+            ("::1", 8443, "[::1]:8443")
+        );
         assert_eq!(ServerUrl::parse("http://a/").unwrap().port(), 80);
     }
 
