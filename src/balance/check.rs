@@ -16,42 +16,16 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::connect::{TlsClient, connect};
-use super::health::HealthCheck;
-use super::server::Server;
+use super::health::CheckSettings;
+use super::server::{Checker, Server};
 use super::url::ServerUrl;
 
-/// What a check task was started with; a reload that changes it restarts
-/// the task.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckSettings {
-    pub check: HealthCheck,
-    pub tls: Option<TlsClient>,
-}
-
-/// A running check task; dropping it stops the task.
-pub struct Checker {
-    pub settings: CheckSettings,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Checker {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Checker {
-    /// Start checking `server` (on the current tokio runtime; `None`
-    /// outside one).
-    pub fn spawn(server: &Arc<Server>, settings: CheckSettings) -> Option<Checker> {
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        let task = handle.spawn(run(Arc::downgrade(server), settings.clone()));
-        Some(Checker { settings, task })
-    }
-
-    pub fn is_running(&self) -> bool {
-        !self.task.is_finished()
-    }
+/// Start checking `server` on the current tokio runtime (`None` outside
+/// one).
+pub fn spawn(server: &Arc<Server>, settings: CheckSettings) -> Option<Checker> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let task = handle.spawn(run(Arc::downgrade(server), settings.clone()));
+    Some(Checker::new(settings, task))
 }
 
 async fn run(server: Weak<Server>, settings: CheckSettings) {

@@ -114,6 +114,13 @@ impl TlsClient {
     }
 }
 
+impl TlsClient {
+    /// What identifies it: a digest of the roots it trusts.
+    pub fn roots_id(&self) -> [u8; 32] {
+        self.roots
+    }
+}
+
 impl PartialEq for TlsClient {
     fn eq(&self, other: &Self) -> bool {
         self.roots == other.roots

@@ -5,6 +5,8 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use super::connect::TlsClient;
+
 /// Without active checks: connect failures or timeouts in a row that take a
 /// server out.
 pub const PASSIVE_UNHEALTHY_AFTER: u32 = 3;
@@ -25,6 +27,14 @@ pub struct HealthCheck {
     pub unhealthy_after: NonZeroU32,
     /// Passed checks in a row that bring it back.
     pub healthy_after: NonZeroU32,
+}
+
+/// What a check task was started with; a reload that changes it restarts
+/// the task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckSettings {
+    pub check: HealthCheck,
+    pub tls: Option<TlsClient>,
 }
 
 /// What became of a request sent to a server, for passive health.

@@ -42,6 +42,11 @@ impl Pick {
         &self.server
     }
 
+    /// The server's place in its pool (same order as the config).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// Passive health: what became of the request.
     pub fn report(&self, outcome: Outcome) {
         self.server.report(outcome);
@@ -235,12 +240,12 @@ impl Failover<'_> {
         mut connect: F,
     ) -> Result<(Pick, C), Unreachable<E>>
     where
-        F: FnMut(Arc<Server>) -> Fut,
+        F: FnMut(&Pick) -> Fut,
         Fut: Future<Output = Result<C, E>>,
     {
         let deadline = tokio::time::Instant::from_std(self.deadline);
         loop {
-            match tokio::time::timeout_at(deadline, connect(pick.server.clone())).await {
+            match tokio::time::timeout_at(deadline, connect(&pick)).await {
                 Ok(Ok(c)) => return Ok((pick, c)),
                 Ok(Err(e)) => match self.next(pick, Outcome::ConnectFailure) {
                     Some(p) => pick = p,
@@ -389,8 +394,8 @@ mod tests {
             let mut failover = pool.failover(Duration::from_secs(5));
             let first = failover.first();
             let (pick, ()) = failover
-                .connect(first, |s| {
-                    let refuse = Arc::ptr_eq(&s, &bad);
+                .connect(first, |p| {
+                    let refuse = Arc::ptr_eq(p.server(), &bad);
                     async move { if refuse { Err("refused") } else { Ok(()) } }
                 })
                 .await

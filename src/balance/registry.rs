@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::check::{CheckSettings, Checker};
+use super::check;
 use super::connect::TlsClient;
-use super::health::{HealthCheck, Policy};
-use super::metrics::{BalanceMetrics, ServerLabels};
+use super::health::{CheckSettings, HealthCheck, Policy};
 use super::pool::ServerPool;
 use super::server::Server;
-use super::url::ServerUrl;
+use super::url::{Scheme, ServerUrl};
+use crate::metrics::{BalanceMetrics, ServerLabels};
 
 type Key = (Arc<str>, Arc<str>);
 
@@ -46,35 +46,39 @@ pub enum BuildError {
     Conflict { upstream: String, server: String },
 }
 
+/// Cheap to clone: clones share the servers.
+#[derive(Clone, Default)]
+pub struct Registry(Arc<Inner>);
+
 #[derive(Default)]
-pub struct Registry {
+struct Inner {
     servers: Mutex<HashMap<Key, Arc<Server>>>,
     metrics: BalanceMetrics,
 }
 
 impl Registry {
     pub fn new(metrics: BalanceMetrics) -> Self {
-        Registry {
+        Registry(Arc::new(Inner {
             servers: Mutex::default(),
             metrics,
-        }
+        }))
     }
 
     pub fn metrics(&self) -> &BalanceMetrics {
-        &self.metrics
+        &self.0.metrics
     }
 
     /// Start the pools of a new config generation. Reloads are serialised
     /// by the caller: one build at a time.
-    pub fn build(&self) -> Build<'_> {
+    pub fn build(&self) -> Build {
         Build {
-            registry: self,
+            registry: self.clone(),
             next: HashMap::new(),
         }
     }
 
     fn servers(&self) -> MutexGuard<'_, HashMap<Key, Arc<Server>>> {
-        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.servers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The state of `server` of `upstream`, if a committed generation lists it.
@@ -88,8 +92,8 @@ impl Registry {
 /// A config generation's pools under construction. Nothing changes for the
 /// running generation until [`Build::commit`]; dropped without it, the
 /// build leaves no trace.
-pub struct Build<'r> {
-    registry: &'r Registry,
+pub struct Build {
+    registry: Registry,
     next: HashMap<Key, Listed>,
 }
 
@@ -100,7 +104,7 @@ struct Listed {
     tls: Option<TlsClient>,
 }
 
-impl Build<'_> {
+impl Build {
     /// The pool for `spec` under the name `upstream`: known servers keep
     /// their state, new ones start healthy.
     pub fn pool(&mut self, upstream: &str, spec: &PoolSpec) -> Result<Arc<ServerPool>, BuildError> {
@@ -118,7 +122,7 @@ impl Build<'_> {
             if servers.iter().any(|s| s.url().as_str() == url.as_str()) {
                 return Err(BuildError::Duplicate { server: named() });
             }
-            if url.scheme() == super::Scheme::Https && spec.tls.is_none() {
+            if url.scheme() == Scheme::Https && spec.tls.is_none() {
                 return Err(BuildError::NoTlsClient { server: named() });
             }
             let key = (upstream.clone(), Arc::<str>::from(url.as_str()));
@@ -140,7 +144,7 @@ impl Build<'_> {
                             upstream: upstream.to_string(),
                             server: url.as_str().to_owned(),
                         };
-                        let handles = self.registry.metrics.handles(&labels);
+                        let handles = self.registry.metrics().handles(&labels);
                         Arc::new(Server::new(
                             upstream.clone(),
                             url.clone(),
@@ -176,7 +180,7 @@ impl Build<'_> {
         for (key, server) in current.iter() {
             if !next.contains_key(key) {
                 take_checker(server);
-                self.registry.metrics.forget(&server.labels);
+                self.registry.metrics().forget(&server.labels);
             }
         }
         current.clear();
@@ -187,7 +191,7 @@ impl Build<'_> {
             if running != checks.as_ref() {
                 *checker = None;
                 if let Some(settings) = checks {
-                    *checker = Checker::spawn(&server, settings);
+                    *checker = check::spawn(&server, settings);
                     if checker.is_none() {
                         tracing::error!(
                             upstream = server.upstream(),
@@ -212,13 +216,13 @@ fn take_checker(server: &Server) {
     drop(checker);
 }
 
-impl Drop for Build<'_> {
+impl Drop for Build {
     fn drop(&mut self) {
         // Not committed: the series of servers it created go again.
         let current = self.registry.servers();
         for (key, listed) in &self.next {
             if !current.contains_key(key) {
-                self.registry.metrics.forget(&listed.server.labels);
+                self.registry.metrics().forget(&listed.server.labels);
             }
         }
     }

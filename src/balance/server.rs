@@ -8,11 +8,11 @@ use std::time::Instant;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use super::check::Checker;
-use super::health::{Change, Health, Outcome, Policy};
-use super::metrics::ServerLabels;
+use super::health::{Change, CheckSettings, Health, Outcome, Policy};
 use super::url::ServerUrl;
+use crate::metrics::ServerLabels;
 
 pub struct Server {
     upstream: Arc<str>,
@@ -170,6 +170,28 @@ impl Server {
                 "upstream server back in rotation"
             ),
         }
+    }
+}
+
+/// A running check task (see `check`); dropping it stops the task.
+pub struct Checker {
+    pub settings: CheckSettings,
+    task: JoinHandle<()>,
+}
+
+impl Checker {
+    pub(crate) fn new(settings: CheckSettings, task: JoinHandle<()>) -> Self {
+        Checker { settings, task }
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -94,7 +94,9 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(mut config: Config, access_log: AccessLog) -> Arc<Self> {
-        let registry = Registry::new(config.limits.connect_timeout);
+        let metrics = Metrics::new();
+        metrics.config_generation.set(1);
+        let registry = Registry::new(config.limits.connect_timeout, metrics.balance.clone());
         let certs = Arc::new(Certificates::new(
             std::mem::take(&mut config.certs),
             Vec::new(),
@@ -102,9 +104,7 @@ impl Gateway {
         let config_path = config.path.clone();
         let mut used = Used::default();
         let snapshot = build_snapshot(config, 1, &registry, &mut used);
-        registry.retain(&used);
-        let metrics = Metrics::new();
-        metrics.config_generation.set(1);
+        registry.retain(used);
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
@@ -136,7 +136,7 @@ impl Gateway {
             &mut used,
         ));
         self.snapshot.store(snapshot.clone());
-        self.registry.retain(&used);
+        self.registry.retain(used);
         snapshot
     }
 }
