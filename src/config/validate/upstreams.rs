@@ -169,3 +169,117 @@ fn parse_health_check(c: &mut Collector, field: &str, h: &RawHealthCheck) -> Opt
         healthy_after,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::config::{ConfigErrors, parse};
+
+    /// The repository root holds `certs/` with a certificate and a CA.
+    fn config_path() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("gateway-test.yaml")
+    }
+
+    fn config(upstreams: &str, tenant_extra: &str) -> String {
+        format!(
+            "listen: {{ https: 127.0.0.1:0 }}\n\
+             tls: {{ certificates: [ {{ cert: certs/localhost.crt, key: certs/localhost.key }} ] }}\n\
+             base_domains: [localhost]\n\
+             upstreams:\n{upstreams}\
+             tenants:\n  - name: acme\n    subdomain: acme\n{tenant_extra}"
+        )
+    }
+
+    fn errors(upstreams: &str, tenant_extra: &str) -> Vec<(String, String)> {
+        match parse(&config(upstreams, tenant_extra), &config_path()) {
+            Ok(_) => Vec::new(),
+            Err(ConfigErrors { errors, .. }) => {
+                errors.into_iter().map(|e| (e.path, e.message)).collect()
+            }
+        }
+    }
+
+    fn fields(upstreams: &str, tenant_extra: &str) -> Vec<String> {
+        errors(upstreams, tenant_extra)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect()
+    }
+
+    const METADATA: &str = "  metadata: http://127.0.0.1:3001\n";
+
+    #[test]
+    fn a_url_or_a_pool_with_defaults() {
+        let ups = format!(
+            "  core:\n    servers: [http://10.0.0.5:3000, https://twenty-2.internal]\n    \
+             health_check: {{ interval: 1s }}\n    ca: certs/dev-ca.crt\n{METADATA}"
+        );
+        let cfg = parse(&config(&ups, ""), &config_path()).unwrap();
+        let routes = &cfg.tenants[0].routes;
+        let core = &routes.lookup("/rest").unwrap().upstream;
+        let check = core.pool.health_check.as_ref().unwrap();
+        assert_eq!(
+            (
+                check.path.as_str(),
+                check.interval.as_secs(),
+                check.timeout.as_secs(),
+                check.unhealthy_after.get(),
+                check.healthy_after.get()
+            ),
+            ("/healthz", 1, 2, 3, 2)
+        );
+        assert_eq!(core.pool.servers.len(), 2);
+        assert!(core.pool.tls.is_some());
+        let metadata = &routes.lookup("/metadata").unwrap().upstream;
+        assert_eq!(metadata.pool.servers[0].as_str(), "http://127.0.0.1:3001");
+        assert!(metadata.pool.health_check.is_none() && metadata.pool.tls.is_none());
+    }
+
+    #[test]
+    fn every_problem_with_its_field() {
+        let ups = format!(
+            "  core:\n    servers: [http://a:1, ftp://b, http://a:1]\n    \
+             health_check: {{ path: healthz, interval: soon, unhealthy_after: 0 }}\n    \
+             ca: certs/missing.pem\n  empty: {{ servers: [] }}\n{METADATA}"
+        );
+        assert_eq!(
+            fields(&ups, ""),
+            [
+                "upstreams.core.servers[1]",
+                "upstreams.core.servers[2]",
+                "upstreams.core.health_check.path",
+                "upstreams.core.health_check.interval",
+                "upstreams.core.health_check.unhealthy_after",
+                "upstreams.core.ca",
+                "upstreams.empty.servers",
+            ]
+        );
+    }
+
+    #[test]
+    fn one_server_under_one_name_has_one_set_of_checks() {
+        let ups = format!("  core: {{ servers: [http://a:1, http://b:1] }}\n{METADATA}");
+        // A tenant's override listing a server of the default pool with
+        // other checks: refused where the override is.
+        let tenant = "    upstreams:\n      core: { servers: [http://b:1], health_check: {} }\n";
+        let e = errors(&ups, tenant);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "tenants[0].upstreams.core");
+        assert!(e[0].1.contains("http://b:1"), "{e:?}");
+        // The same checks, or another name: fine.
+        let tenant = "    upstreams:\n      core: { servers: [http://b:1, http://c:1] }\n";
+        assert_eq!(fields(&ups, tenant), Vec::<String>::new());
+        let ups = format!(
+            "  core: {{ servers: [http://a:1], health_check: {{}} }}\n  metadata: http://a:1\n"
+        );
+        assert_eq!(fields(&ups, ""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_misspelt_pool_field_is_named() {
+        let ups = format!("  core: {{ servers: [http://a:1], helth_check: {{}} }}\n{METADATA}");
+        let e = errors(&ups, "");
+        assert!(e[0].1.contains("helth_check"), "{e:?}");
+    }
+}
