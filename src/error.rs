@@ -69,6 +69,8 @@ pub enum GatewayError {
     AuthThrottled { retry_after: Duration },
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
+    #[error("shared rate limits unavailable (cluster.on_unavailable: deny)")]
+    LimiterUnavailable,
     #[error("request body larger than max_request_body")]
     PayloadTooLarge,
     #[error("request header list larger than max_header_bytes")]
@@ -154,6 +156,7 @@ pub enum Outcome {
     WrongTenant,
     AuthThrottled,
     RateLimited,
+    LimiterUnavailable,
     UpstreamError,
     UpstreamTimeout,
     BadRequest,
@@ -177,6 +180,7 @@ impl Outcome {
             Outcome::WrongTenant => "wrong_tenant",
             Outcome::AuthThrottled => "auth_throttled",
             Outcome::RateLimited => "rate_limited",
+            Outcome::LimiterUnavailable => "limiter_unavailable",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::BadRequest => "bad_request",
@@ -361,6 +365,12 @@ impl GatewayError {
                 Outcome::RateLimited,
                 "Rate limit exceeded",
             ),
+            E::LimiterUnavailable => row(
+                S::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                Outcome::LimiterUnavailable,
+                "Rate limiting is unavailable; try again later",
+            ),
             E::PayloadTooLarge => row(
                 S::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",
@@ -512,6 +522,7 @@ mod tests {
             GatewayError::WrongTenant,
             GatewayError::AuthThrottled { retry_after: d },
             GatewayError::RateLimited { retry_after: d },
+            GatewayError::LimiterUnavailable,
             GatewayError::PayloadTooLarge,
             GatewayError::HeadersTooLarge,
             GatewayError::UriTooLong,
@@ -545,6 +556,7 @@ mod tests {
                 (403, "FORBIDDEN", "wrong_tenant"),
                 (429, "TOO_MANY_AUTH_FAILURES", "auth_throttled"),
                 (429, "RATE_LIMITED", "rate_limited"),
+                (503, "SERVICE_UNAVAILABLE", "limiter_unavailable"),
                 (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
                 (431, "BAD_REQUEST", "bad_request"),
                 (414, "BAD_REQUEST", "bad_request"),

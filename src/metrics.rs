@@ -57,51 +57,6 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerLabels {
-    pub upstream: String,
-    /// The server's URL as written in the config.
-    pub server: String,
-}
-
-/// `gateway_upstream_server_healthy{upstream,server}` and
-/// `gateway_upstream_requests_total{upstream,server}`. Each server holds its
-/// own handles (`balance`), so a request adds to its counter without
-/// hashing labels; a server no config lists any more leaves both.
-#[derive(Clone, Debug, Default)]
-pub struct BalanceMetrics {
-    pub healthy: Family<ServerLabels, Gauge>,
-    pub requests: Family<ServerLabels, Counter>,
-}
-
-impl BalanceMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "gateway_upstream_server_healthy",
-            "1 while an upstream server is healthy, 0 while it is skipped",
-            self.healthy.clone(),
-        );
-        registry.register(
-            "gateway_upstream_requests",
-            "Requests sent to each upstream server (failover attempts included, health checks not)",
-            self.requests.clone(),
-        );
-    }
-
-    /// The handles of one server's series (created at 0).
-    pub fn handles(&self, labels: &ServerLabels) -> (Gauge, Counter) {
-        (
-            self.healthy.get_or_create(labels).clone(),
-            self.requests.get_or_create(labels).clone(),
-        )
-    }
-
-    pub fn forget(&self, labels: &ServerLabels) {
-        self.healthy.remove(labels);
-        self.requests.remove(labels);
-    }
-}
-
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One tenant route's `gateway_requests_total` counters, one per status
@@ -127,7 +82,6 @@ pub struct Metrics {
     pub tls_handshakes: Family<ResultLabels, Counter>,
     pub connections_refused: Counter,
     pub access_log_dropped: Counter<u64, AtomicU64>,
-    pub balance: BalanceMetrics,
 }
 
 impl Default for Metrics {
@@ -153,10 +107,8 @@ impl Metrics {
             tls_handshakes: Family::default(),
             connections_refused: Counter::default(),
             access_log_dropped: Counter::default(),
-            balance: BalanceMetrics::default(),
             registry: Registry::default(),
         };
-        m.balance.register(&mut registry);
         registry.register(
             "gateway_requests",
             "Requests by tenant, route and status class",
@@ -218,6 +170,12 @@ impl Metrics {
             m.access_log_dropped.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// For metrics owned by a step (`cluster`'s Redis metrics): registered
+    /// once, when the gateway is built.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// Account for one finished request. `route` holds the request counters

@@ -13,21 +13,21 @@
 //! - [`check`] — the active check task, one per server.
 //! - [`connect`] — TCP or TLS (rustls, `ca` or system roots, SNI from the
 //!   URL, ALPN `http/1.1`) connections to a server.
-//!
-//! Its metrics, `gateway_upstream_server_healthy` and
-//! `gateway_upstream_requests_total`, are [`crate::metrics::BalanceMetrics`].
+//! - [`metrics`] — `gateway_upstream_server_healthy`,
+//!   `gateway_upstream_requests_total`.
 
 pub mod check;
 pub mod connect;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 pub mod registry;
 pub mod server;
 pub mod url;
 
-pub use crate::metrics::BalanceMetrics;
 pub use connect::{ConnectError, Stream, TlsClient, TlsClientError, connect};
 pub use health::{HealthCheck, Outcome};
+pub use metrics::BalanceMetrics;
 pub use pool::{Failover, Pick, ServerPool, Unreachable};
 pub use registry::{Build, BuildError, PoolSpec, Registry};
 pub use server::Server;

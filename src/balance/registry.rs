@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::check;
 use super::connect::TlsClient;
 use super::health::{CheckSettings, HealthCheck, Policy};
+use super::metrics::{BalanceMetrics, ServerLabels};
 use super::pool::ServerPool;
 use super::server::Server;
 use super::url::{Scheme, ServerUrl};
-use crate::metrics::{BalanceMetrics, ServerLabels};
 
 type Key = (Arc<str>, Arc<str>);
 

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::health::{Change, CheckSettings, Health, Outcome, Policy};
+use super::metrics::ServerLabels;
 use super::url::ServerUrl;
-use crate::metrics::ServerLabels;
 
 pub struct Server {
     upstream: Arc<str>,

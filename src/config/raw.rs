@@ -30,6 +30,9 @@ pub struct RawConfig {
     pub keys: Vec<RawKey>,
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// Limits shared through Redis (`cluster::settings` mirrors the block).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::RawSettings>,
 }
 
 #[derive(Debug, Deserialize)]

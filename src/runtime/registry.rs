@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::balance::{self, BalanceMetrics};
-use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, PerIp, Rate};
+use crate::cluster::{RedisMetrics, Settings, Shared};
+use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, PerIp, Rate, SharedLimits};
 use crate::upstream::client::ConnKey;
 use crate::upstream::{Target, Upstream, UpstreamClient};
 
@@ -20,6 +21,11 @@ pub struct Registry {
     anonymous: Mutex<Option<Arc<PerIp>>>,
     upstream: UpstreamClient,
     servers: balance::Registry,
+    /// The Redis connection of `cluster`, kept while its settings do not
+    /// change (and with it the up/down state and the local memory of
+    /// refusals).
+    shared: Mutex<Option<Shared>>,
+    redis_metrics: Arc<RedisMetrics>,
 }
 
 /// What one generation took from the registry.
@@ -31,6 +37,7 @@ pub struct Used {
     /// registry's when it is installed.
     servers: Option<balance::Build>,
     brake: bool,
+    shared: bool,
     anonymous: bool,
 }
 
@@ -57,13 +64,44 @@ fn take<T>(slot: &Mutex<Option<Arc<T>>>) -> Option<Arc<T>> {
 }
 
 impl Registry {
-    pub fn new(connect_timeout: Duration, servers: BalanceMetrics) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        redis_metrics: Arc<RedisMetrics>,
+        servers: BalanceMetrics,
+    ) -> Self {
         Registry {
             limiters: LimiterRegistry::default(),
             brake: Mutex::new(None),
             anonymous: Mutex::new(None),
             upstream: UpstreamClient::new(connect_timeout),
             servers: balance::Registry::new(servers),
+            shared: Mutex::new(None),
+            redis_metrics,
+        }
+    }
+
+    /// The limits shared through Redis for `settings`: the running
+    /// connection if they did not change, else a new one (the old one closes
+    /// when the last request using it is done). Needs the Tokio runtime.
+    pub fn shared(&self, settings: &Settings, used: &mut Used) -> Option<Arc<dyn SharedLimits>> {
+        used.shared = true;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = &*shared
+            && s.settings() == settings
+        {
+            return Some(Arc::new(s.clone()));
+        }
+        match Shared::start(settings.clone(), self.redis_metrics.clone()) {
+            Ok(s) => {
+                *shared = Some(s.clone());
+                Some(Arc::new(s))
+            }
+            Err(e) => {
+                // Not expected (the URLs were validated): limits stay local.
+                tracing::error!(event = "redis_client_error", error = %e, "limits are not shared");
+                *shared = None;
+                None
+            }
         }
     }
 
@@ -146,16 +184,27 @@ impl Registry {
         if !used.brake {
             *self.brake.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
+        if !used.shared {
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         if !used.anonymous {
             *self.anonymous.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
-    /// Periodic upkeep: forget idle auth-failure counters, close idle
-    /// upstream connections past their time.
+    /// Periodic upkeep: forget idle auth-failure counters and ended Redis
+    /// refusals, close idle upstream connections past their time.
     pub fn housekeeping(&self) {
         if let Some(brake) = take(&self.brake) {
             brake.housekeeping();
+        }
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(shared) = shared {
+            shared.housekeeping();
         }
         if let Some(anonymous) = take(&self.anonymous) {
             anonymous.housekeeping();

@@ -7,9 +7,11 @@
 //!
 //! One file per part of the config: [`values`] (addresses, durations, sizes,
 //! rates, limits), [`upstreams`] (URLs and pools of servers), [`tenants`]
-//! (tenants, their hosts and upstream overrides), [`keys`]. Each compiles into the table of the step
+//! (tenants, their hosts and upstream overrides), [`keys`], [`cluster`].
+//! Each compiles into the table of the step
 //! that uses it (host, route, auth).
 
+mod cluster;
 mod keys;
 mod tenants;
 mod upstreams;
@@ -49,6 +51,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     pub keys: KeyTable,
     pub access_log: bool,
+    /// Limits shared through Redis, when `cluster` is set.
+    pub cluster: Option<crate::cluster::Settings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +146,10 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
     let (hosts, tenants, tenant_ids) =
         tenants::validate_tenants(&mut c, &raw, &upstreams, &routes, &dir, &mut upstreams_ctx);
     let keys = keys::validate_keys(&mut c, &raw.keys, &tenant_ids, &tenants, &limits);
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|r| cluster::validate_cluster(&mut c, r));
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors {
@@ -160,6 +168,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
         tenants,
         keys,
         access_log: raw.access_log.unwrap_or(true),
+        cluster,
     })
 }
 
