@@ -29,6 +29,7 @@ pub mod metrics;
 // Steps: each owns its compiled table and how to check it.
 pub mod acme;
 pub mod auth;
+pub mod balance;
 pub mod cluster;
 pub mod host;
 pub mod permission;

@@ -140,15 +140,17 @@ pub async fn run(
         },
     )?;
     let upstream_req = Request::from_parts(parts, body);
-    let pool = route
-        .target
-        .choose()
-        .ok_or_else(|| GatewayError::Internal("upstream without servers".into()))?;
+    // Which server (balancing, health, failover of what was never sent)
+    // is the client's business, below.
     let started = Instant::now();
     let sent = gw
         .registry
         .upstream()
-        .send(pool, upstream_req, snap.config.limits.upstream_timeout)
+        .send(
+            &route.target,
+            upstream_req,
+            snap.config.limits.upstream_timeout,
+        )
         .await;
     ctx.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let mut resp = sent?;

@@ -18,6 +18,7 @@ use self::registry::{Registry, Used};
 use crate::access_log::AccessLog;
 use crate::acme::{self, Acme, AcmeMetrics};
 use crate::auth::{Key, KeyTable};
+use crate::balance::BalanceMetrics;
 use crate::cluster::RedisMetrics;
 use crate::config::{Config, Tenant};
 use crate::host::{HostTable, TenantId};
@@ -106,7 +107,13 @@ impl Gateway {
         let mut metrics = Metrics::new();
         let redis_metrics = Arc::new(RedisMetrics::new());
         redis_metrics.register(metrics.registry_mut());
-        let registry = Registry::new(config.limits.connect_timeout, redis_metrics);
+        let balance_metrics = BalanceMetrics::default();
+        balance_metrics.register(metrics.registry_mut());
+        let registry = Registry::new(
+            config.limits.connect_timeout,
+            redis_metrics,
+            balance_metrics,
+        );
         metrics.config_generation.set(1);
         let acme = Acme::new(AcmeMetrics::of(&metrics));
         let file_cert_names = export_file_expiry(&metrics, &config.certs, &[]);
@@ -117,7 +124,7 @@ impl Gateway {
         let config_path = config.path.clone();
         let mut used = Used::default();
         let snapshot = build_snapshot(config, 1, &registry, &mut used);
-        registry.retain(&used);
+        registry.retain(used);
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
@@ -158,7 +165,7 @@ impl Gateway {
             &mut used,
         ));
         self.snapshot.store(snapshot.clone());
-        self.registry.retain(&used);
+        self.registry.retain(used);
         snapshot
     }
 }

@@ -180,6 +180,11 @@ impl Ca {
         }
     }
 
+    /// The CA certificate as PEM (what a config's `ca:` file holds).
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
@@ -858,10 +863,16 @@ pub fn big_byte(offset: usize) -> u8 {
     (offset % 251) as u8
 }
 
+/// The stand-in's health-check path (not `/healthz`, which tests route as a request).
+pub const HEALTH_PATH: &str = "/_health";
+
 struct UpState {
     name: String,
     rec: watch::Sender<Vec<Recorded>>,
     gates: Gates,
+    /// Status of `GET` [`HEALTH_PATH`] (health checks; not recorded as requests).
+    health: std::sync::atomic::AtomicU16,
+    health_checks: watch::Sender<u64>,
 }
 
 /// A recording HTTP/1.1 upstream on 127.0.0.1:0.
@@ -874,6 +885,9 @@ struct UpState {
 /// - `_slow`: head and `first-part;` at once, `second-part` after `gates.slow`.
 /// - anything else: 200 JSON `{"upstream", "method", "target", "body_len"}` after reading the
 ///   whole body, with `X-Upstream: <name>`.
+///
+/// `GET` [`HEALTH_PATH`] (the gateway's health checks, when a test points them there) answers
+/// [`Upstream::set_health`]'s status (200 at first) and is counted apart, not recorded.
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
@@ -889,6 +903,29 @@ impl Drop for Upstream {
 }
 
 pub async fn spawn_upstream(name: &str) -> Upstream {
+    spawn_upstream_on(name, None).await
+}
+
+/// [`spawn_upstream`] over TLS with `cert` (issued by the test [`ca`]), ALPN `http/1.1`.
+pub async fn spawn_tls_upstream(name: &str, cert: &CertFiles) -> Upstream {
+    let chain: Vec<CertificateDer<'static>> = vec![cert.der.clone()];
+    use rustls::pki_types::pem::PemObject;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).expect("upstream key");
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("upstream TLS config");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    spawn_upstream_on(
+        name,
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+    )
+    .await
+}
+
+async fn spawn_upstream_on(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(Vec::new());
@@ -901,6 +938,8 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
             hang: Semaphore::new(0),
             slow: Semaphore::new(0),
         },
+        health: std::sync::atomic::AtomicU16::new(200),
+        health_checks: watch::channel(0).0,
     });
     let st = state.clone();
     let task = tokio::spawn(async move {
@@ -909,12 +948,18 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
                 continue;
             };
             let st = st.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(move |req| upstream_handle(req, st.clone(), peer));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    None => http.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => http.serve_connection(TokioIo::new(stream), svc).await,
+                        Err(_) => return,
+                    },
+                };
             });
         }
     });
@@ -942,6 +987,14 @@ async fn upstream_handle(
     st: Arc<UpState>,
     peer: SocketAddr,
 ) -> Result<Response<RespBody>, Infallible> {
+    if req.uri().path() == HEALTH_PATH {
+        st.health_checks.send_modify(|n| *n += 1);
+        let status = st.health.load(Ordering::Relaxed);
+        return Ok(Response::builder()
+            .status(status)
+            .body(full_resp(if status == 200 { "ok" } else { "down" }))
+            .unwrap());
+    }
     let (parts, mut body) = req.into_parts();
     let target = parts
         .uri
@@ -1087,6 +1140,20 @@ fn full_resp(b: impl Into<Bytes>) -> RespBody {
 impl Upstream {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+    /// The status `GET` [`HEALTH_PATH`] answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.state.health.store(status, Ordering::Relaxed);
+    }
+    /// Wait until at least `n` health checks arrived in all.
+    pub async fn wait_health_checks(&self, n: u64) {
+        let mut rx = self.state.health_checks.subscribe();
+        let r = tokio::time::timeout(TIMEOUT, rx.wait_for(|c| *c >= n)).await;
+        assert!(
+            matches!(r, Ok(Ok(_))),
+            "upstream {}: fewer than {n} health checks within {TIMEOUT:?}",
+            self.name
+        );
     }
     pub fn gates(&self) -> &Gates {
         &self.state.gates
