@@ -270,9 +270,8 @@ mod tests {
         // The same checks, or another name: fine.
         let tenant = "    upstreams:\n      core: { servers: [http://b:1, http://c:1] }\n";
         assert_eq!(fields(&ups, tenant), Vec::<String>::new());
-        let ups = format!(
-            "  core: {{ servers: [http://a:1], health_check: {{}} }}\n  metadata: http://a:1\n"
-        );
+        let ups = "  core: { servers: [http://a:1], health_check: {} }\n  metadata: http://a:1\n"
+            .to_string();
         assert_eq!(fields(&ups, ""), Vec::<String>::new());
     }
 
