@@ -129,6 +129,15 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     ok.then_some(token)
 }
 
+/// Whether a query string carries a non-empty `token` parameter (Twenty's
+/// signed file links), decoded as Twenty's query parser decodes it.
+pub fn has_twenty_token(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .any(|(name, value)| name == "token" && !value.is_empty())
+    })
+}
+
 /// A refusal, with the key when one was found (its id goes to the log).
 pub struct Refused<'a> {
     pub error: GatewayError,
@@ -237,6 +246,18 @@ mod tests {
         authenticate(&table(), &h, 0, SystemTime::now())
             .map(|k| k.id.to_string())
             .map_err(|r| r.error.outcome().as_str().to_string())
+    }
+
+    #[test]
+    fn twenty_tokens() {
+        assert!(has_twenty_token(Some("token=abc")));
+        assert!(has_twenty_token(Some("a=1&token=abc")));
+        assert!(has_twenty_token(Some("tok%65n=a%2Eb")));
+        assert!(!has_twenty_token(None));
+        assert!(!has_twenty_token(Some("")));
+        assert!(!has_twenty_token(Some("token=")));
+        assert!(!has_twenty_token(Some("token")));
+        assert!(!has_twenty_token(Some("xtoken=abc&tokens=1")));
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub enum GatewayError {
     NoRoute,
     #[error("missing API key")]
     MissingKey,
+    #[error("missing or empty token query parameter on a twenty_token route")]
+    MissingToken,
     #[error("invalid API key")]
     InvalidKey,
     #[error("expired API key")]
@@ -121,6 +123,8 @@ pub enum GatewayError {
     AuthThrottled { retry_after: Duration },
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
+    #[error("shared rate limits unavailable (cluster.on_unavailable: deny)")]
+    LimiterUnavailable,
     #[error("request body larger than max_request_body")]
     PayloadTooLarge,
     #[error("scope: GraphQL request body over 64 KiB")]
@@ -212,6 +216,7 @@ pub enum Outcome {
     UnsupportedMediaType,
     AuthThrottled,
     RateLimited,
+    LimiterUnavailable,
     UpstreamError,
     UpstreamTimeout,
     BadRequest,
@@ -237,6 +242,7 @@ impl Outcome {
             Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::AuthThrottled => "auth_throttled",
             Outcome::RateLimited => "rate_limited",
+            Outcome::LimiterUnavailable => "limiter_unavailable",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::BadRequest => "bad_request",
@@ -397,6 +403,12 @@ impl GatewayError {
                 Outcome::MissingKey,
                 "Missing API key",
             ),
+            E::MissingToken => row(
+                S::UNAUTHORIZED,
+                UNAUTH,
+                Outcome::MissingKey,
+                "Missing token",
+            ),
             E::InvalidKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::InvalidKey, REFUSED),
             E::ExpiredKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::ExpiredKey, REFUSED),
             E::RevokedKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::RevokedKey, REFUSED),
@@ -429,6 +441,12 @@ impl GatewayError {
                 "RATE_LIMITED",
                 Outcome::RateLimited,
                 "Rate limit exceeded",
+            ),
+            E::LimiterUnavailable => row(
+                S::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                Outcome::LimiterUnavailable,
+                "Rate limiting is unavailable; try again later",
             ),
             E::PayloadTooLarge => row(
                 S::PAYLOAD_TOO_LARGE,
@@ -626,6 +644,7 @@ mod tests {
             GatewayError::UnknownHost,
             GatewayError::NoRoute,
             GatewayError::MissingKey,
+            GatewayError::MissingToken,
             GatewayError::InvalidKey,
             GatewayError::ExpiredKey,
             GatewayError::RevokedKey,
@@ -637,6 +656,7 @@ mod tests {
             GatewayError::RequestTimeout,
             GatewayError::AuthThrottled { retry_after: d },
             GatewayError::RateLimited { retry_after: d },
+            GatewayError::LimiterUnavailable,
             GatewayError::PayloadTooLarge,
             GatewayError::HeadersTooLarge,
             GatewayError::UriTooLong,
@@ -663,6 +683,7 @@ mod tests {
                 (404, "NOT_FOUND", "unknown_host"),
                 (404, "NOT_FOUND", "no_route"),
                 (401, "UNAUTHENTICATED", "missing_key"),
+                (401, "UNAUTHENTICATED", "missing_key"),
                 (401, "UNAUTHENTICATED", "invalid_key"),
                 (401, "UNAUTHENTICATED", "expired_key"),
                 (401, "UNAUTHENTICATED", "revoked_key"),
@@ -674,6 +695,7 @@ mod tests {
                 (408, "REQUEST_TIMEOUT", "bad_request"),
                 (429, "TOO_MANY_AUTH_FAILURES", "auth_throttled"),
                 (429, "RATE_LIMITED", "rate_limited"),
+                (503, "SERVICE_UNAVAILABLE", "limiter_unavailable"),
                 (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
                 (431, "BAD_REQUEST", "bad_request"),
                 (414, "BAD_REQUEST", "bad_request"),

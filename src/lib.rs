@@ -2,26 +2,21 @@
 //!
 //! # Layout
 //!
-//! In the order a request meets them:
+//! Layers, each importing only from the ones before it (README "Layout"):
 //!
-//! - [`cli`] / `main.rs` — parse the command line, load the config, run.
-//! - [`config`] — `gateway.yaml`: [`config::raw`] (serde mirror, unknown
-//!   fields rejected) → [`config::validate`] (typed [`config::Config`], every
-//!   error with its path) → [`config::reload`] (swap a new snapshot in).
-//! - [`state`] — the swappable [`state::Snapshot`] a request loads once, and
-//!   what outlives it (limiters, upstream pool, log writer).
-//! - [`listener`] — accept loop, connection cap, TLS handshake timeout.
-//! - [`conn`] — one connection: HTTP/1.1 or HTTP/2, idle and drain closes,
-//!   idle HTTP/1.1 connections parked without hyper's buffers.
-//! - [`tls`] — certificates by SNI from the live snapshot; coverage for 421.
-//! - [`proxy`] — per request: [`proxy::handle`] (context, error → JSON,
-//!   log once) around [`proxy::pipeline`]: [`proxy::target`] →
-//!   [`proxy::host`] → [`proxy::route`] → [`proxy::auth`] →
-//!   [`proxy::ratelimit`] → [`proxy::upstream`], bodies in [`proxy::body`].
-//! - [`error`] — one error type: status, code, outcome, JSON body.
-//! - [`access_log`] — the typed access-log record and its writer thread.
-//! - [`metrics`] / [`admin`] — Prometheus metrics, `/healthz`, `/readyz`,
-//!   `POST /reload` on the admin listener.
+//! - leaves: [`base`] (header names, request ids), [`error`] (the one
+//!   error table), [`access_log`], [`metrics`];
+//! - steps, each owning its compiled table: [`target`] → [`host`] →
+//!   [`route`] → [`auth`] → [`ratelimit`] → [`permission`]; [`tls`]
+//!   (certificates and their sources), [`upstream`] (servers, header
+//!   rewriting, pooled client);
+//! - [`config`]: `gateway.yaml` → typed `Config`, every error with its field;
+//! - [`runtime`]: the swapped `Snapshot` compiled into entries, the
+//!   `Registry` of state that outlives it, reload;
+//! - [`proxy`]: `handle` → `pipeline::run` (one call per step) with the
+//!   typed `RequestCtx`, the logging phase in `proxy::body::Finish`;
+//! - connections: [`codec_errors`], [`conn`], [`listener`], [`admin`];
+//! - [`cli`] / `main.rs`, and [`serve`] below.
 
 #![forbid(unsafe_code)]
 
@@ -29,9 +24,11 @@
 pub mod access_log;
 pub mod base;
 pub mod error;
+pub mod healthcheck;
 pub mod metrics;
 // Steps: each owns its compiled table and how to check it.
 pub mod auth;
+pub mod cluster;
 pub mod host;
 pub mod permission;
 pub mod ratelimit;

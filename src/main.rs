@@ -19,6 +19,11 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(&cli),
         Some(Command::HashKey) => hash_key(),
         Some(Command::GenKey { tenant, id }) => gen_key(tenant, id),
+        Some(Command::Healthcheck {
+            addr,
+            path,
+            timeout,
+        }) => healthcheck(*addr, path, *timeout),
         None => run(&cli),
     }
 }
@@ -44,6 +49,20 @@ fn check(cli: &Cli) -> ExitCode {
                 "{} error(s); the config was not accepted",
                 errors.errors.len()
             );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn healthcheck(addr: std::net::SocketAddr, path: &str, timeout: std::time::Duration) -> ExitCode {
+    match twenty_gateway::healthcheck::probe(addr, path, timeout) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e @ twenty_gateway::healthcheck::ProbeError::BadPath) => {
+            eprintln!("--path: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
             ExitCode::from(1)
         }
     }

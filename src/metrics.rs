@@ -179,6 +179,12 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// For metrics owned by a step (`cluster`'s Redis metrics): registered
+    /// once, when the gateway is built.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Account for one finished request. `route` holds the request counters
     /// of the tenant and route it reached, when it got that far.
     pub fn observe(&self, r: &AccessRecord, route: Option<&RouteCounters>) {

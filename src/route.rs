@@ -7,7 +7,31 @@ pub struct Route {
     /// Without trailing slash; `/` matches everything.
     pub prefix: Arc<str>,
     pub upstream: Arc<str>,
-    pub auth: bool,
+    pub auth: RouteAuth,
+}
+
+/// What a route asks of a request before it goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// A valid gateway key of the host's tenant (`auth: key`, `true`).
+    Key,
+    /// Nothing (`auth: none`, `false`): Twenty's own checks only.
+    None,
+    /// A non-empty `token` query parameter (`auth: twenty_token`): Twenty's
+    /// signed file links, which Twenty checks itself.
+    TwentyToken,
+}
+
+impl RouteAuth {
+    /// The config's spelling, or `None` if `s` is not one.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "key" => Some(RouteAuth::Key),
+            "none" => Some(RouteAuth::None),
+            "twenty_token" => Some(RouteAuth::TwentyToken),
+            _ => None,
+        }
+    }
 }
 
 /// Routes in config order, searched longest prefix first. The config's
@@ -100,7 +124,7 @@ mod tests {
             .map(|(p, u)| Route {
                 prefix: p.into(),
                 upstream: u.into(),
-                auth: true,
+                auth: RouteAuth::Key,
             })
             .collect(),
         )

@@ -15,7 +15,11 @@ use crate::auth::{self, Refused};
 use crate::error::{BadRequest, GatewayError};
 use crate::host::{self, RequestHost};
 use crate::permission::{self, Permitted};
-use crate::ratelimit::{self, AuthBrake, Checked, state_field};
+use crate::ratelimit::{
+    self, AuthBrake, Checked, OnUnavailable, SharedChecked, SharedLimits, SharedRequest,
+    state_field,
+};
+use crate::route::RouteAuth;
 use crate::runtime::{Gateway, KeyEntry, RouteEntry, Snapshot, TenantEntry};
 use crate::target;
 use crate::upstream::{self, Forwarding, RequestBody};
@@ -43,33 +47,49 @@ pub async fn run(
     //    lookups that need no credentials.
     let (tenant, route) = select(snap, &host, parts.uri.path(), ctx)?;
 
-    // 4. Authentication, on routes that want it (the brake first: a braked
-    //    client is refused before we spend a hash on its guess).
-    let (key, body) = if route.route.auth {
-        let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx)?;
+    // 4. Authentication, on routes that want a key (the brake first: a
+    //    braked client is refused before we spend a hash on its guess).
+    let (key, body) = match route.route.auth {
+        RouteAuth::Key => {
+            let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx).await?;
 
-        // 5. Rate limits: the key's own, then the tenant's shared one. Only
-        //    authenticated requests count, so a stranger cannot drain a
-        //    tenant's quota.
-        let checked = ratelimit::check_local(key.limit.as_ref(), tenant.limit.as_ref());
-        apply_limits(key, &checked, ctx)?;
+            // 5. Rate limits: the key's own, then the tenant's shared one.
+            //    Only authenticated requests count, so a stranger cannot
+            //    drain a tenant's quota. With `cluster`, Redis decides (and
+            //    checks the brake in the same round trip).
+            let checked = match &snap.shared {
+                None => Some(ratelimit::check_local(
+                    key.limit.as_ref(),
+                    tenant.limit.as_ref(),
+                )),
+                Some(shared) => check_shared(shared.as_ref(), snap, tenant, key, ctx).await?,
+            };
+            if let Some(checked) = checked {
+                apply_limits(key, &checked, ctx)?;
+            }
 
-        // 6. Permission: what this key may do on this route. After the
-        //    limits, so a refused attempt uses quota like any other; before
-        //    anything goes upstream. A read key's GraphQL body is read and
-        //    checked here, and those bytes are what goes up.
-        let body = permission::check(
-            &key.key,
-            &route.route,
-            &parts,
-            body,
-            gw.registry.verdicts(),
-            snap.config.limits.upstream_timeout,
-        )
-        .await?;
-        (Some(key), body)
-    } else {
-        (None, Permitted::Stream(body))
+            // 6. Permission: what this key may do on this route. After the
+            //    limits, so a refused attempt uses quota like any other;
+            //    before anything goes upstream. A read key's GraphQL body
+            //    is read and checked here, and those bytes are what goes up.
+            let body = permission::check(
+                &key.key,
+                &route.route,
+                &parts,
+                body,
+                gw.registry.verdicts(),
+                snap.config.limits.upstream_timeout,
+            )
+            .await?;
+            (Some(key), body)
+        }
+        // 4'. Routes without a gateway key: every request (refusals too)
+        //     counts against the client's anonymous budget first, so open
+        //     routes cannot be used to flood Twenty.
+        open => {
+            open_route(snap, open, parts.uri.query(), ctx).await?;
+            (None, Permitted::Stream(body))
+        }
     };
 
     // 7. A body announced larger than allowed is refused before we open an
@@ -102,7 +122,9 @@ pub async fn run(
             request_id: &ctx.request_id,
             tenant: &tenant.tenant.header,
             key_id: key.map(|k| &k.key.header),
-            authorization: tenant.tenant.upstream_authorization.as_ref(),
+            // The tenant's Twenty token only for requests with a gateway
+            // key: on open routes it would be Twenty's key for anyone.
+            authorization: key.and(tenant.tenant.upstream_authorization.as_ref()),
             websocket,
         },
     )?;
@@ -187,7 +209,7 @@ pub fn select<'s>(
 }
 
 /// Step 4: the brake, then the key. Guesses count toward the brake.
-pub fn authenticate<'s>(
+pub async fn authenticate<'s>(
     snap: &'s Snapshot,
     tenant: &TenantEntry,
     headers: &HeaderMap,
@@ -195,7 +217,16 @@ pub fn authenticate<'s>(
     ctx: &mut RequestCtx,
 ) -> Result<&'s KeyEntry, GatewayError> {
     let brake: Option<&AuthBrake> = snap.brake.as_deref();
-    if let Some(retry_after) = brake.and_then(|b| b.blocked_for(ctx.client_ip)) {
+    // With `cluster`, a block this gateway learnt from Redis (the request
+    // with a key asks Redis in step 5 anyway).
+    let blocked = match (&snap.shared, brake) {
+        (Some(shared), Some(b)) => {
+            shared.known_blocked(&tenant.tenant.name, ctx.client_ip, b.rate())
+        }
+        (None, Some(b)) => b.blocked_for(ctx.client_ip),
+        (_, None) => None,
+    };
+    if let Some(retry_after) = blocked {
         return Err(GatewayError::AuthThrottled { retry_after });
     }
     match auth::authenticate(&snap.keys, headers, tenant.id, now) {
@@ -207,14 +238,111 @@ pub fn authenticate<'s>(
             ctx.key_id = refused.key.map(|k| k.id.clone());
             let guess = refused.is_guess();
             let Refused { error, .. } = refused;
-            if guess && let Some(retry_after) = brake.and_then(|b| b.record_failure(ctx.client_ip))
-            {
+            let braked = match (guess, brake) {
+                (true, Some(b)) => record_failure(snap, b, tenant, ctx.client_ip).await,
+                _ => None,
+            };
+            if let Some(retry_after) = braked {
                 super::with_detail(ctx, format!("{error}; client now braked"));
                 return Err(GatewayError::AuthThrottled { retry_after });
             }
             Err(error)
         }
     }
+}
+
+/// A guess counts toward the brake: in Redis with `cluster`, else (or
+/// when Redis cannot answer and `on_unavailable` is `local`) locally.
+async fn record_failure(
+    snap: &Snapshot,
+    brake: &AuthBrake,
+    tenant: &TenantEntry,
+    ip: std::net::IpAddr,
+) -> Option<std::time::Duration> {
+    let Some(shared) = &snap.shared else {
+        return brake.record_failure(ip);
+    };
+    match shared
+        .record_failure(&tenant.tenant.name, ip, brake.rate())
+        .await
+    {
+        Ok(braked) => braked,
+        Err(ratelimit::Unavailable) => match shared.on_unavailable() {
+            OnUnavailable::Local => brake.record_failure(ip),
+            // `deny` refuses valid keys only: a guess keeps its 401.
+            OnUnavailable::Allow | OnUnavailable::Deny => None,
+        },
+    }
+}
+
+/// Step 5 with `cluster`: the brake and the limits from Redis in one round
+/// trip; when it cannot answer, `on_unavailable` decides: `local` = the
+/// gateway's own brake and limiters, `allow` = no limits (`None`: no
+/// `RateLimit` fields), `deny` = 503.
+pub async fn check_shared(
+    shared: &dyn SharedLimits,
+    snap: &Snapshot,
+    tenant: &TenantEntry,
+    key: &KeyEntry,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Checked>, GatewayError> {
+    let brake = snap.brake.as_deref();
+    let req = SharedRequest {
+        tenant: &tenant.tenant.name,
+        key: key.limit.as_ref(),
+        tenant_limit: tenant.limit.as_ref(),
+        brake: brake.map(|b| (ctx.client_ip, b.rate())),
+    };
+    match shared.check(req).await {
+        Ok(SharedChecked::Limits(checked)) => Ok(Some(checked)),
+        Ok(SharedChecked::Braked(retry_after)) => Err(GatewayError::AuthThrottled { retry_after }),
+        Err(ratelimit::Unavailable) => match shared.on_unavailable() {
+            OnUnavailable::Local => {
+                if let Some(retry_after) = brake.and_then(|b| b.blocked_for(ctx.client_ip)) {
+                    return Err(GatewayError::AuthThrottled { retry_after });
+                }
+                Ok(Some(ratelimit::check_local(
+                    key.limit.as_ref(),
+                    tenant.limit.as_ref(),
+                )))
+            }
+            OnUnavailable::Allow => Ok(None),
+            OnUnavailable::Deny => Err(GatewayError::LimiterUnavailable),
+        },
+    }
+}
+
+/// Step 4': a route without a gateway key — the client's anonymous budget,
+/// then (on `twenty_token` routes) Twenty's token in the query.
+pub async fn open_route(
+    snap: &Snapshot,
+    auth: RouteAuth,
+    query: Option<&str>,
+    ctx: &RequestCtx,
+) -> Result<(), GatewayError> {
+    if let Some(limit) = &snap.anonymous {
+        // With `cluster`, one budget per client across the fleet; when Redis
+        // cannot answer, the local one (`allow`: none; `deny` refuses only
+        // requests with a valid key, so it counts locally too).
+        let refused = match &snap.shared {
+            None => limit.check(ctx.client_ip).err(),
+            Some(shared) => match shared.check_anonymous(ctx.client_ip, limit.rate()).await {
+                Ok(ratelimit::Decision::Denied { retry_after, .. }) => Some(retry_after),
+                Ok(ratelimit::Decision::Allowed { .. }) => None,
+                Err(ratelimit::Unavailable) => match shared.on_unavailable() {
+                    OnUnavailable::Allow => None,
+                    OnUnavailable::Local | OnUnavailable::Deny => limit.check(ctx.client_ip).err(),
+                },
+            },
+        };
+        if let Some(retry_after) = refused {
+            return Err(GatewayError::RateLimited { retry_after });
+        }
+    }
+    if auth == RouteAuth::TwentyToken && !auth::has_twenty_token(query) {
+        return Err(GatewayError::MissingToken);
+    }
+    Ok(())
 }
 
 /// Step 5: the `RateLimit` fields for the response, and 429 if a limit

@@ -17,10 +17,11 @@ use std::path::PathBuf;
 use self::registry::{Registry, Used};
 use crate::access_log::AccessLog;
 use crate::auth::{Key, KeyTable};
+use crate::cluster::RedisMetrics;
 use crate::config::{Config, Tenant};
 use crate::host::{HostTable, TenantId};
 use crate::metrics::{Metrics, RouteCounters};
-use crate::ratelimit::{AuthBrake, LimitEntry, Owner, policy_field};
+use crate::ratelimit::{AuthBrake, LimitEntry, Owner, PerIp, SharedLimits, policy_field};
 use crate::route::{Route, RouteTable};
 use crate::tls::Certificates;
 use crate::upstream::Target;
@@ -65,6 +66,10 @@ pub struct Snapshot {
     pub tenants: Vec<Arc<TenantEntry>>,
     pub keys: KeyTable<KeyEntry>,
     pub brake: Option<Arc<AuthBrake>>,
+    /// Limits and brake shared through Redis (`cluster`); `None`: local only.
+    pub shared: Option<Arc<dyn SharedLimits>>,
+    /// `limits.anonymous_per_ip`: requests on routes without a gateway key.
+    pub anonymous: Option<Arc<PerIp>>,
 }
 
 impl Snapshot {
@@ -92,7 +97,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(mut config: Config, access_log: AccessLog) -> Arc<Self> {
-        let registry = Registry::new(config.limits.connect_timeout);
+        let mut metrics = Metrics::new();
+        let redis_metrics = Arc::new(RedisMetrics::new());
+        redis_metrics.register(metrics.registry_mut());
+        let registry = Registry::new(config.limits.connect_timeout, redis_metrics);
         let certs = Arc::new(Certificates::new(
             std::mem::take(&mut config.certs),
             Vec::new(),
@@ -101,7 +109,6 @@ impl Gateway {
         let mut used = Used::default();
         let snapshot = build_snapshot(config, 1, &registry, &mut used);
         registry.retain(&used);
-        let metrics = Metrics::new();
         metrics.config_generation.set(1);
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -182,6 +189,14 @@ fn build_snapshot(
         .limits
         .auth_failures_per_ip
         .map(|rate| registry.brake(rate, used));
+    let shared = config
+        .cluster
+        .as_ref()
+        .and_then(|settings| registry.shared(settings, used));
+    let anonymous = config
+        .limits
+        .anonymous_per_ip
+        .map(|rate| registry.anonymous(rate, used));
     Snapshot {
         config,
         generation,
@@ -189,5 +204,7 @@ fn build_snapshot(
         tenants,
         keys,
         brake,
+        shared,
+        anonymous,
     }
 }

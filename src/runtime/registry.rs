@@ -1,8 +1,9 @@
 //! The state that outlives a config generation, in one place: limiter state
-//! by (owner, quota), the auth-failure brake, upstream connection pools by
-//! server, the GraphQL verdicts of scoped keys. A new snapshot takes what it
-//! needs from here (so a reload keeps bursts spent and connections warm);
-//! what no installed snapshot uses is dropped after the swap.
+//! by (owner, quota), the auth-failure brake, the per-IP limit of open
+//! routes, upstream connection pools by server, the GraphQL verdicts of
+//! scoped keys. A new snapshot takes what it needs from here (so a reload
+//! keeps bursts spent and connections warm); what no installed snapshot
+//! uses is dropped after the swap.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -10,14 +11,21 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, Rate};
+use crate::cluster::{RedisMetrics, Settings, Shared};
+use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, PerIp, Rate, SharedLimits};
 use crate::scope::VerdictCache;
 use crate::upstream::{Target, Upstream, UpstreamClient};
 
 pub struct Registry {
     limiters: LimiterRegistry,
     brake: Mutex<Option<Arc<AuthBrake>>>,
+    anonymous: Mutex<Option<Arc<PerIp>>>,
     upstream: UpstreamClient,
+    /// The Redis connection of `cluster`, kept while its settings do not
+    /// change (and with it the up/down state and the local memory of
+    /// refusals).
+    shared: Mutex<Option<Shared>>,
+    redis_metrics: Arc<RedisMetrics>,
     /// GraphQL verdicts for `scope: read` keys, by document hash: a
     /// property of the document alone, so every generation shares them.
     verdicts: VerdictCache,
@@ -29,15 +37,67 @@ pub struct Used {
     limits: HashSet<(Owner, Rate)>,
     servers: HashSet<Authority>,
     brake: bool,
+    shared: bool,
+    anonymous: bool,
+}
+
+/// The state in `slot` if it was made for `rate`, else a fresh one (kept).
+fn reuse<T>(
+    slot: &Mutex<Option<Arc<T>>>,
+    rate: Rate,
+    rate_of: impl Fn(&T) -> Rate,
+    make: impl FnOnce(Rate) -> T,
+) -> Arc<T> {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    match &*slot {
+        Some(t) if rate_of(t) == rate => t.clone(),
+        _ => {
+            let t = Arc::new(make(rate));
+            *slot = Some(t.clone());
+            t
+        }
+    }
+}
+
+fn take<T>(slot: &Mutex<Option<Arc<T>>>) -> Option<Arc<T>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl Registry {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, redis_metrics: Arc<RedisMetrics>) -> Self {
         Registry {
             limiters: LimiterRegistry::default(),
             brake: Mutex::new(None),
+            anonymous: Mutex::new(None),
             upstream: UpstreamClient::new(connect_timeout),
             verdicts: VerdictCache::default(),
+            shared: Mutex::new(None),
+            redis_metrics,
+        }
+    }
+
+    /// The limits shared through Redis for `settings`: the running
+    /// connection if they did not change, else a new one (the old one closes
+    /// when the last request using it is done). Needs the Tokio runtime.
+    pub fn shared(&self, settings: &Settings, used: &mut Used) -> Option<Arc<dyn SharedLimits>> {
+        used.shared = true;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = &*shared
+            && s.settings() == settings
+        {
+            return Some(Arc::new(s.clone()));
+        }
+        match Shared::start(settings.clone(), self.redis_metrics.clone()) {
+            Ok(s) => {
+                *shared = Some(s.clone());
+                Some(Arc::new(s))
+            }
+            Err(e) => {
+                // Not expected (the URLs were validated): limits stay local.
+                tracing::error!(event = "redis_client_error", error = %e, "limits are not shared");
+                *shared = None;
+                None
+            }
         }
     }
 
@@ -79,15 +139,16 @@ impl Registry {
     /// The brake at `rate`: the running one if its rate did not change.
     pub fn brake(&self, rate: Rate, used: &mut Used) -> Arc<AuthBrake> {
         used.brake = true;
-        let mut brake = self.brake.lock().unwrap_or_else(|e| e.into_inner());
-        match &*brake {
-            Some(b) if b.rate() == rate => b.clone(),
-            _ => {
-                let b = Arc::new(AuthBrake::new(rate));
-                *brake = Some(b.clone());
-                b
-            }
-        }
+        reuse(&self.brake, rate, AuthBrake::rate, AuthBrake::new)
+    }
+
+    /// The `limits.anonymous_per_ip` limit at `rate`: the running one if its
+    /// rate did not change.
+    pub fn anonymous(&self, rate: Rate, used: &mut Used) -> Arc<PerIp> {
+        used.anonymous = true;
+        reuse(&self.anonymous, rate, PerIp::rate, |r| {
+            PerIp::new(r, "anonymous_per_ip")
+        })
     }
 
     /// Drop what the installed generation does not use.
@@ -97,14 +158,30 @@ impl Registry {
         if !used.brake {
             *self.brake.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
+        if !used.shared {
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        if !used.anonymous {
+            *self.anonymous.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
 
-    /// Periodic upkeep: forget idle auth-failure counters, close idle
-    /// upstream connections past their time.
+    /// Periodic upkeep: forget idle auth-failure counters and ended Redis
+    /// refusals, close idle upstream connections past their time.
     pub fn housekeeping(&self) {
-        let brake = self.brake.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(brake) = brake {
+        if let Some(brake) = take(&self.brake) {
             brake.housekeeping();
+        }
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(shared) = shared {
+            shared.housekeeping();
+        }
+        if let Some(anonymous) = take(&self.anonymous) {
+            anonymous.housekeeping();
         }
         self.upstream.prune_idle();
     }

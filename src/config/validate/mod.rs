@@ -7,9 +7,10 @@
 //!
 //! One file per part of the config: [`values`] (addresses, durations, sizes,
 //! rates, upstream URLs, limits), [`tenants`] (tenants, their hosts and
-//! upstream overrides), [`keys`]. Each compiles into the table of the step
+//! upstream overrides), [`keys`], [`cluster`]. Each compiles into the table of the step
 //! that uses it (host, route, auth).
 
+mod cluster;
 mod keys;
 mod tenants;
 mod values;
@@ -25,12 +26,12 @@ use ipnet::IpNet;
 pub use self::tenants::{Tenant, TenantRoute};
 pub use self::values::parse_size;
 use self::values::{parse_addr, parse_cidr, parse_upstream, validate_limits};
-use super::raw::RawConfig;
+use super::raw::{RawAuth, RawConfig};
 use super::{ConfigError, ConfigErrors};
 use crate::auth::KeyTable;
 use crate::host::HostTable;
 use crate::ratelimit::Rate;
-use crate::route::{Route, RouteTable};
+use crate::route::{Route, RouteAuth, RouteTable};
 use crate::tls::{CertStore, LoadedCert};
 use crate::upstream::Upstream;
 
@@ -47,6 +48,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     pub keys: KeyTable,
     pub access_log: bool,
+    /// Limits shared through Redis, when `cluster` is set.
+    pub cluster: Option<crate::cluster::Settings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,9 @@ pub struct Listen {
 pub struct Limits {
     pub default_rate: Option<Rate>,
     pub auth_failures_per_ip: Option<Rate>,
+    /// Requests per client IP on routes without a gateway key (`auth: none`
+    /// or `twenty_token`).
+    pub anonymous_per_ip: Option<Rate>,
     pub max_request_body: u64,
     pub max_header_bytes: usize,
     pub connect_timeout: Duration,
@@ -72,11 +78,17 @@ pub struct Limits {
 }
 
 /// The SPEC's default route table, used when `routes` is absent.
-const DEFAULT_ROUTES: [(&str, &str); 4] = [
-    ("/rest/metadata", "metadata"),
-    ("/metadata", "metadata"),
-    ("/rest", "core"),
-    ("/graphql", "core"),
+const DEFAULT_ROUTES: [(&str, &str, RouteAuth); 10] = [
+    ("/rest/metadata", "metadata", RouteAuth::Key),
+    ("/metadata", "metadata", RouteAuth::Key),
+    ("/rest", "core", RouteAuth::Key),
+    ("/graphql", "core", RouteAuth::Key),
+    ("/mcp", "core", RouteAuth::Key),
+    ("/file", "core", RouteAuth::TwentyToken),
+    ("/files", "core", RouteAuth::TwentyToken),
+    ("/files-field", "core", RouteAuth::TwentyToken),
+    ("/file-upload", "core", RouteAuth::TwentyToken),
+    ("/open-api", "core", RouteAuth::None),
 ];
 
 struct Collector {
@@ -129,6 +141,10 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
     let (hosts, tenants, tenant_ids) =
         tenants::validate_tenants(&mut c, &raw, &upstreams, &routes, &dir);
     let keys = keys::validate_keys(&mut c, &raw.keys, &tenant_ids, &tenants, &limits);
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|r| cluster::validate_cluster(&mut c, r));
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors {
@@ -147,6 +163,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
         tenants,
         keys,
         access_log: raw.access_log.unwrap_or(true),
+        cluster,
     })
 }
 
@@ -169,14 +186,30 @@ fn validate_routes(
     raw: &RawConfig,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
 ) -> RouteTable {
-    let raw_routes: Vec<(String, String, bool)> = match &raw.routes {
+    let raw_routes: Vec<(String, String, RouteAuth)> = match &raw.routes {
         Some(routes) => routes
             .iter()
-            .map(|r| (r.prefix.clone(), r.upstream.clone(), r.auth.unwrap_or(true)))
+            .enumerate()
+            .map(|(i, r)| {
+                let auth = match &r.auth {
+                    None | Some(RawAuth::Bool(true)) => RouteAuth::Key,
+                    Some(RawAuth::Bool(false)) => RouteAuth::None,
+                    Some(RawAuth::Name(name)) => RouteAuth::parse(name).unwrap_or_else(|| {
+                        c.err(
+                            format!("routes[{i}].auth"),
+                            format!(
+                                "{name:?} is not one of key, none, twenty_token (or true, false)"
+                            ),
+                        );
+                        RouteAuth::Key
+                    }),
+                };
+                (r.prefix.clone(), r.upstream.clone(), auth)
+            })
             .collect(),
         None => DEFAULT_ROUTES
             .iter()
-            .map(|(p, u)| (p.to_string(), u.to_string(), true))
+            .map(|(p, u, a)| (p.to_string(), u.to_string(), *a))
             .collect(),
     };
     let mut routes = Vec::new();

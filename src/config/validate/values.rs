@@ -58,11 +58,11 @@ pub(super) fn validate_limits(c: &mut Collector, raw: &RawConfig) -> Limits {
             .and_then(|r| parse_rate(c, "limits.default_rate", r)),
         auth_failures_per_ip: match &l.auth_failures_per_ip {
             Some(r) => parse_rate(c, "limits.auth_failures_per_ip", r),
-            None => Some(Rate {
-                requests: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
-                per: Duration::from_secs(60),
-                burst: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
-            }),
+            None => Some(per_minute(20)),
+        },
+        anonymous_per_ip: match &l.anonymous_per_ip {
+            Some(r) => parse_rate(c, "limits.anonymous_per_ip", r),
+            None => Some(per_minute(600)),
         },
         max_request_body: size(c, "max_request_body", &l.max_request_body, 10 << 20),
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
@@ -93,6 +93,16 @@ pub(super) fn validate_limits(c: &mut Collector, raw: &RawConfig) -> Limits {
             &l.shutdown_grace,
             Duration::from_secs(30),
         ),
+    }
+}
+
+/// `{requests: n, per: 1m}` (burst = n).
+fn per_minute(n: u32) -> Rate {
+    let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    Rate {
+        requests: n,
+        per: Duration::from_secs(60),
+        burst: n,
     }
 }
 
