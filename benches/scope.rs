@@ -53,6 +53,47 @@ fn query_3k() -> String {
     q
 }
 
+/// A document near the 64 KiB limit (the worst case a miss can cost).
+fn query_60k() -> String {
+    let mut q = query_3k();
+    let mut i = 1000;
+    while q.len() < 60 * 1024 {
+        q.push_str(&format!(
+            "query Extra{i} {{ c{i}: companies(first: 5) {{ edges {{ node {{ id name employees }} }} }} }}\n"
+        ));
+        i += 1;
+    }
+    q
+}
+
+/// CPU time this thread has run, from the scheduler (ns); wall-clock
+/// numbers on a shared machine mostly measure the neighbours.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Mean CPU time of `f` over `n` calls, printed next to criterion's wall
+/// times.
+fn cpu_per_call(name: &str, n: u32, mut f: impl FnMut()) {
+    f();
+    let (Some(start), t) = (thread_cpu_ns(), std::time::Instant::now()) else {
+        return;
+    };
+    for _ in 0..n {
+        f();
+    }
+    let wall = t.elapsed().as_nanos() as f64 / f64::from(n);
+    if let Some(end) = thread_cpu_ns() {
+        let cpu = (end - start) as f64 / f64::from(n);
+        println!(
+            "cpu {name}: {:.2} µs per call (wall {:.2} µs)",
+            cpu / 1000.0,
+            wall / 1000.0
+        );
+    }
+}
+
 fn post_parts() -> Parts {
     Request::post("/graphql")
         .header("content-type", "application/json")
@@ -74,9 +115,63 @@ fn bench(c: &mut Criterion) {
         twenty_gateway::scope::DocVerdict::ReadOnly
     );
     println!("query: {} bytes; body: {} bytes", query.len(), body.len());
+    let large = query_60k();
+    assert_eq!(
+        document::classify(&large),
+        twenty_gateway::scope::DocVerdict::ReadOnly
+    );
+    {
+        let parts = post_parts();
+        let warm = VerdictCache::default();
+        let cold = VerdictCache::new(1);
+        let other = format!("{query} ");
+        let other_body =
+            serde_json::to_vec(&serde_json::json!({ "query": other })).unwrap_or_default();
+        let read = KeyScope {
+            scope: Scope::Read,
+            apis: ApiSet::ALL,
+        };
+        let mut flip = false;
+        cpu_per_call("classify 3 KiB (parse)", 2000, || {
+            black_box(document::classify(black_box(&query)));
+        });
+        cpu_per_call(
+            &format!("classify {} KiB (parse)", large.len() / 1024),
+            100,
+            || {
+                black_box(document::classify(black_box(&large)));
+            },
+        );
+        cpu_per_call("verdict 3 KiB (cached)", 20_000, || {
+            black_box(warm.verdict(black_box(&query)));
+        });
+        cpu_per_call(
+            "check_head + check_graphql POST 3 KiB (cached)",
+            20_000,
+            || {
+                let _ = black_box(read.check_head("core", RouteKind::GraphQl, &parts));
+                let _ = black_box(check_graphql(&warm, &parts, black_box(&body)));
+            },
+        );
+        cpu_per_call("check_head + check_graphql POST 3 KiB (miss)", 2000, || {
+            flip = !flip;
+            let b = if flip { &body } else { &other_body };
+            let _ = black_box(check_graphql(&cold, &parts, black_box(b)));
+        });
+        cpu_per_call("check_head unscoped key", 1_000_000, || {
+            let _ = black_box(KeyScope::default().check_head(
+                black_box("core"),
+                RouteKind::GraphQl,
+                &parts,
+            ));
+        });
+    }
 
     c.bench_function("scope/classify 3 KiB (parse, cache miss)", |b| {
         b.iter(|| document::classify(black_box(&query)))
+    });
+    c.bench_function("scope/classify 60 KiB (parse, cache miss)", |b| {
+        b.iter(|| document::classify(black_box(&large)))
     });
     let cache = VerdictCache::default();
     c.bench_function("scope/verdict 3 KiB (cached)", |b| {

@@ -6,7 +6,8 @@
 //! limited to some `apis` is checked by the route's upstream name. A
 //! `scope: read` key is checked by method on REST routes; on GraphQL routes
 //! its body is read whole (at most 64 KiB, within `upstream_timeout`), its
-//! document checked ([`crate::scope`]), and exactly those bytes go upstream.
+//! document checked ([`crate::scope`]; a document not in the verdict cache
+//! is parsed on the blocking pool), and exactly those bytes go upstream.
 
 use std::time::Duration;
 
@@ -53,7 +54,22 @@ pub async fn check<B: Body>(
                 }
                 Err(_) => return Err(GatewayError::RequestTimeout),
             };
-            scope::check_graphql(verdicts, head, &bytes)?;
+            let document = scope::graphql_document(head, &bytes)?;
+            let verdict = match verdicts.lookup(&document) {
+                Ok(verdict) => verdict,
+                // A miss is parsed off the async workers: up to a few
+                // milliseconds for a 64 KiB document.
+                Err(miss) => {
+                    let document = document.into_owned();
+                    let verdict =
+                        tokio::task::spawn_blocking(move || scope::document::classify(&document))
+                            .await
+                            .map_err(|e| GatewayError::Internal(e.into()))?;
+                    verdicts.insert(miss, verdict);
+                    verdict
+                }
+            };
+            scope::judge(verdict)?;
             Ok(Permitted::Checked(bytes))
         }
     }

@@ -207,6 +207,15 @@ async fn run_table(gw: &Gateway, core: &Upstream, metadata: &Upstream, h2: bool)
                     continue;
                 }
                 let got = up.request_with_id(&id).await;
+                // A checked body goes up in one piece, with its length.
+                let checked = t.token == TOKEN_READ && t.method == Method::POST;
+                let length = t.body.len().to_string();
+                if checked
+                    && (got.header("content-length") != Some(length.as_str())
+                        || got.has("transfer-encoding"))
+                {
+                    failures.push(format!("{label}: framing upstream {:?}", got.headers));
+                }
                 if got.method != t.method.as_str() || got.body != t.body || !got.complete {
                     failures.push(format!(
                         "{label}: upstream got {} with {} bytes (complete: {}), sent {} {} bytes",

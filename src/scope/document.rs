@@ -92,18 +92,31 @@ impl VerdictCache {
         }
     }
 
-    /// The verdict for `document`, parsed only when not cached.
+    /// The verdict for `document`, parsed here when not cached.
     pub fn verdict(&self, document: &str) -> DocVerdict {
+        self.lookup(document).unwrap_or_else(|miss| {
+            let verdict = classify(document);
+            self.insert(miss, verdict);
+            verdict
+        })
+    }
+
+    /// The cached verdict for `document`, or the [`Miss`] to
+    /// [`insert`](Self::insert) once it is classified (e.g. off the async
+    /// workers: a 60 KiB document takes milliseconds to parse).
+    pub fn lookup(&self, document: &str) -> Result<DocVerdict, Miss> {
         let hash: [u8; 32] = Sha256::digest(document.as_bytes()).into();
-        if let Some(v) = self.map.get(&hash) {
-            return *v;
+        match self.map.get(&hash) {
+            Some(v) => Ok(*v),
+            None => Err(Miss(hash)),
         }
-        let verdict = classify(document);
+    }
+
+    pub fn insert(&self, miss: Miss, verdict: DocVerdict) {
         if self.map.len() >= self.capacity {
             self.map.clear();
         }
-        self.map.insert(hash, verdict);
-        verdict
+        self.map.insert(miss.0, verdict);
     }
 
     pub fn len(&self) -> usize {
@@ -114,6 +127,10 @@ impl VerdictCache {
         self.map.is_empty()
     }
 }
+
+/// A document [`VerdictCache::lookup`] did not find, by its hash.
+#[derive(Debug)]
+pub struct Miss([u8; 32]);
 
 impl Default for VerdictCache {
     fn default() -> Self {

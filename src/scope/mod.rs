@@ -11,7 +11,10 @@
 //!    answers [`Next::Forward`] (stream the body unchanged: unscoped keys
 //!    and REST) or [`Next::CheckBody`] (a read key on a GraphQL route).
 //! 2. For [`Next::CheckBody`]: [`buffer`] the body (at most [`MAX_BODY`]
-//!    bytes), then [`check_graphql`] the exact bytes that will be forwarded.
+//!    bytes), then check the exact bytes that will be forwarded:
+//!    [`check_graphql`], or its parts ([`graphql_document`], a verdict,
+//!    [`judge`])
+//!    when the parse of a cache miss should run elsewhere.
 //!
 //! The document check ([`document::classify`], cached by SHA-256 in
 //! [`VerdictCache`]) parses with `apollo-parser` and allows a document only
@@ -28,13 +31,15 @@ mod params;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
+
 use http::request::Parts;
 use http::{HeaderMap, Method, header};
 
 use crate::error::{BadGraphQl, BadRequest, ErrorShape, Forbidden, GatewayError, UnsupportedMedia};
 
 pub use buffer::{BufferError, buffer};
-pub use document::{DocVerdict, VerdictCache};
+pub use document::{DocVerdict, Miss, VerdictCache};
 
 /// The largest GraphQL request body a `scope: read` key may send (SPEC: 64 KiB).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -251,21 +256,29 @@ fn graphql_head(req: &Parts) -> Result<Next, Refusal> {
 }
 
 /// The check on a read key's buffered GraphQL request body (after
-/// [`KeyScope::check_head`] answered [`Next::CheckBody`]).
+/// [`KeyScope::check_head`] answered [`Next::CheckBody`]): [`graphql_document`],
+/// its verdict (from `cache`, else parsed here), then [`judge`].
 pub fn check_graphql(cache: &VerdictCache, req: &Parts, body: &[u8]) -> Result<(), Refusal> {
+    judge(cache.verdict(&graphql_document(req, body)?))
+}
+
+/// The GraphQL document of a read key's buffered request: the JSON body's
+/// `query` on `POST`, the `query` parameter on `GET`.
+pub fn graphql_document<'a>(req: &'a Parts, body: &'a [u8]) -> Result<Cow<'a, str>, Refusal> {
     if body.len() > MAX_BODY {
         return Err(Refusal::TooLarge);
     }
-    let verdict = if req.method == Method::POST {
-        let query = json::graphql_query(body)?;
-        cache.verdict(&query)
+    if req.method == Method::POST {
+        json::graphql_query(body)
+    } else if !body.is_empty() {
+        Err(BadGraphQl::BodyOnGet.into())
     } else {
-        if !body.is_empty() {
-            return Err(BadGraphQl::BodyOnGet.into());
-        }
-        let query = params::graphql_query(req.uri.query())?;
-        cache.verdict(&query)
-    };
+        params::graphql_query(req.uri.query())
+    }
+}
+
+/// What a read key may do with a document of this verdict.
+pub fn judge(verdict: DocVerdict) -> Result<(), Refusal> {
     match verdict {
         DocVerdict::ReadOnly => Ok(()),
         DocVerdict::Writes => Err(Forbidden::Mutation.into()),
