@@ -1,6 +1,6 @@
 //! The access log: one flat JSON line per request with SPEC's fields, and no secrets anywhere.
 
-mod common;
+pub mod common;
 
 use common::*;
 use http::Method;

@@ -1,21 +1,18 @@
 //! Per-key and per-tenant GCRA limits, precedence, 429s and the IETF rate-limit fields.
 //! Periods are long (`1h`) so no replenishment happens during a test: no sleeps needed.
 
-mod common;
+pub mod common;
 
 use common::*;
 
 const TOKEN_TWO: &str = "tgw_test_acme_two_0123456789";
 const TOKEN_OWN: &str = "tgw_test_acme_own_0123456789";
 
+/// GET `path` with `token` on a new connection to `host`; (response, request id).
 async fn get(gw: &Gateway, host: &str, token: &str, path: &str) -> (Resp, String) {
-    let mut c = gw.h1(host).await;
-    let id = rid();
     let authz = bearer(token);
-    let r = c
-        .get(path, &[("authorization", &authz), ("x-request-id", &id)])
-        .await;
-    (r, id)
+    let mut c = gw.h1(host).await;
+    c.get_with_id(path, &[("authorization", &authz)]).await
 }
 
 fn retry_after(r: &Resp) -> u64 {

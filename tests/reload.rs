@@ -1,7 +1,7 @@
 //! Reload edge cases not covered by `live_reload.rs`: SIGHUP as soon as the gateway says it is
 //! listening, and a reload that changes which certificate is served first.
 
-mod common;
+pub mod common;
 
 use common::*;
 

@@ -1,6 +1,6 @@
 //! Host → tenant, path → route → upstream, request-target hygiene, order of checks.
 
-mod common;
+pub mod common;
 
 use common::*;
 

@@ -3,7 +3,7 @@
 //! threads at all — and serves the same gateway: h1 and h2 on one thread,
 //! reload included. The other suites run the multi-thread runtime.
 
-mod common;
+pub mod common;
 
 use common::*;
 

@@ -1,6 +1,6 @@
 //! TLS termination: ALPN, versions, certificate selection by SNI, 421, plain listener.
 
-mod common;
+pub mod common;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,10 +21,6 @@ async fn three_cert_gateway(up: &Upstream) -> Gateway {
     conf.spawn_in(setup).await
 }
 
-fn auth() -> String {
-    bearer(TOKEN_ACME)
-}
-
 #[tokio::test]
 async fn alpn_h2_and_http11_both_serve_requests() {
     let up = spawn_upstream("core").await;
@@ -40,7 +36,7 @@ async fn alpn_h2_and_http11_both_serve_requests() {
     let r = c
         .get(
             "/rest/people",
-            &[("authorization", &auth()), ("x-request-id", &id)],
+            &[("authorization", &acme_auth()), ("x-request-id", &id)],
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -57,7 +53,7 @@ async fn alpn_h2_and_http11_both_serve_requests() {
     let r = c
         .get(
             "/rest/people",
-            &[("authorization", &auth()), ("x-request-id", &id)],
+            &[("authorization", &acme_auth()), ("x-request-id", &id)],
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -81,7 +77,9 @@ async fn alpn_h2_and_http11_both_serve_requests() {
         "acme.gw.test",
     )
     .await;
-    let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+    let r = c
+        .get("/rest/people", &[("authorization", &acme_auth())])
+        .await;
     assert_eq!(r.status, 200);
 }
 
@@ -96,7 +94,9 @@ async fn tls12_and_tls13_both_work() {
         let opts = TlsOpts::h1("acme.gw.test").versions(&[v]).strict();
         let mut c = Conn::tls(gw.https(), &opts, "acme.gw.test").await;
         assert_eq!(c.tls.as_ref().unwrap().version, Some(want));
-        let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+        let r = c
+            .get("/rest/people", &[("authorization", &acme_auth())])
+            .await;
         assert_eq!(r.status, 200, "{want:?}: {}", r.text());
     }
 }
@@ -186,7 +186,7 @@ async fn no_sni_and_unknown_sni_get_the_first_certificate() {
 async fn host_not_covered_by_served_cert_is_421_when_sni_was_sent() {
     let up = spawn_upstream("core").await;
     let gw = three_cert_gateway(&up).await;
-    let a = auth();
+    let a = acme_auth();
 
     // SNI crm.acme.test → exact cert; Host acme.gw.test is not on it.
     let mut c = Conn::h1(gw.https(), "crm.acme.test").await;
@@ -284,7 +284,7 @@ async fn h2_connection_reuse_for_another_covered_name_uses_the_host_tenant() {
             "/rest/people",
             &[
                 ("host", "beta.gw.test"),
-                ("authorization", &auth()),
+                ("authorization", &acme_auth()),
                 ("x-request-id", &id),
             ],
         )
@@ -302,10 +302,14 @@ async fn without_sni_there_is_no_421() {
         c.tls.as_ref().unwrap().dns_names(),
         vec!["first.test".to_string()]
     );
-    let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+    let r = c
+        .get("/rest/people", &[("authorization", &acme_auth())])
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let mut c = Conn::tls(gw.https(), &TlsOpts::h2("x").no_sni(), "crm.acme.test").await;
-    let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+    let r = c
+        .get("/rest/people", &[("authorization", &acme_auth())])
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -318,7 +322,7 @@ async fn plain_http_listener_serves_requests() {
     let r = c
         .get(
             "/rest/people",
-            &[("authorization", &auth()), ("x-request-id", &id)],
+            &[("authorization", &acme_auth()), ("x-request-id", &id)],
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -329,6 +333,8 @@ async fn plain_http_listener_serves_requests() {
     assert_eq!(line["tenant"], "acme");
     // and the TLS listener still works alongside it
     let mut c = gw.h1("crm.acme.test").await;
-    let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+    let r = c
+        .get("/rest/people", &[("authorization", &acme_auth())])
+        .await;
     assert_eq!(r.status, 200);
 }
