@@ -113,7 +113,7 @@ async fn sighup_revokes_key_on_open_h1_and_h2_connections() {
     let mut conns = open_h1_and_h2(&gw).await;
     let gen0 = generation(&gw).await;
 
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     gw.rewrite_config_in_place(&revoked_conf(&conf));
     gw.signal("HUP");
     // The trigger must be the signal (the file watch would also reload this edit, later).
@@ -148,7 +148,7 @@ async fn file_watch_revokes(in_place: bool) {
     let gw = conf.spawn().await;
     let mut conns = open_h1_and_h2(&gw).await;
 
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     let t0 = Instant::now();
     if in_place {
         gw.rewrite_config_in_place(&revoked_conf(&conf));
@@ -202,7 +202,7 @@ async fn invalid_config_is_refused_with_paths_and_old_config_keeps_serving() {
         key_yaml("acme-ci", "acme", TOKEN_ACME, "revoked: true"),
         key_yaml("beta-ci", "beta", TOKEN_BETA, ""),
     ));
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     gw.replace_config(&bad.render());
     let r = gw.admin_reload().await;
     assert_eq!(

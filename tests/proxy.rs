@@ -80,12 +80,8 @@ async fn forwarded_headers_are_set() {
     let a = acme_auth();
 
     let mut c = gw.h1("acme.gw.test").await;
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &a), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &a)])
         .await;
     assert_eq!(r.status, 200);
     let got = up.request_with_id(&id).await;
@@ -126,12 +122,8 @@ async fn forwarded_headers_are_set() {
 
     // HTTP/2: Host upstream is the :authority
     let mut c = gw.h2("crm.acme.test").await;
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &a), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &a)])
         .await;
     assert_eq!(r.status, 200);
     let got = up.request_with_id(&id).await;
@@ -319,12 +311,8 @@ async fn upstream_token_env_and_file_replace_authorization() {
         ("gamma.gw.test", "tgw_test_gamma", bearer("tgw_test_gamma")),
     ] {
         let mut c = gw.h1(host).await;
-        let id = rid();
-        let r = c
-            .get(
-                "/rest/people",
-                &[("authorization", &bearer(token)), ("x-request-id", &id)],
-            )
+        let (r, id) = c
+            .get_with_id("/rest/people", &[("authorization", &bearer(token))])
             .await;
         assert_eq!(r.status, 200, "{host}: {}", r.text());
         let got = up.request_with_id(&id).await;
@@ -627,12 +615,8 @@ async fn closed_upstream_port_is_502() {
     let dead = closed_port_url().await;
     let gw = Conf::new(&dead, &dead).spawn().await;
     let mut c = gw.h1("acme.gw.test").await;
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &acme_auth()), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &acme_auth())])
         .await;
     assert_rest_error(&r, 502, "BAD_GATEWAY");
     let line = gw.access_line(&id).await;
@@ -792,7 +776,7 @@ async fn a_reload_keeps_the_warm_upstream_connection() {
         "the second request reused the pooled connection"
     );
 
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     let r = gw.admin_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
     gw.wait_event_after(start, |e| e == "reload").await;

@@ -32,12 +32,8 @@ async fn alpn_h2_and_http11_both_serve_requests() {
         Some(&b"h2"[..]),
         "ALPN h2 negotiated"
     );
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &acme_auth()), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &acme_auth())])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.version, http::Version::HTTP_2);
@@ -49,12 +45,8 @@ async fn alpn_h2_and_http11_both_serve_requests() {
         Some(&b"http/1.1"[..]),
         "ALPN http/1.1 negotiated"
     );
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &acme_auth()), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &acme_auth())])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.version, http::Version::HTTP_11);
@@ -190,15 +182,10 @@ async fn host_not_covered_by_served_cert_is_421_when_sni_was_sent() {
 
     // SNI crm.acme.test → exact cert; Host acme.gw.test is not on it.
     let mut c = Conn::h1(gw.https(), "crm.acme.test").await;
-    let id = rid();
-    let r = c
-        .get(
+    let (r, id) = c
+        .get_with_id(
             "/rest/people",
-            &[
-                ("host", "acme.gw.test"),
-                ("authorization", &a),
-                ("x-request-id", &id),
-            ],
+            &[("host", "acme.gw.test"), ("authorization", &a)],
         )
         .await;
     assert_rest_error(&r, 421, "MISDIRECTED_REQUEST");
@@ -206,15 +193,10 @@ async fn host_not_covered_by_served_cert_is_421_when_sni_was_sent() {
 
     // same over HTTP/2 with :authority
     let mut c = Conn::h2(gw.https(), "crm.acme.test").await;
-    let id = rid();
-    let r = c
-        .get(
+    let (r, _) = c
+        .get_with_id(
             "/graphql",
-            &[
-                ("host", "acme.gw.test"),
-                ("authorization", &a),
-                ("x-request-id", &id),
-            ],
+            &[("host", "acme.gw.test"), ("authorization", &a)],
         )
         .await;
     assert_graphql_error(&r, 421, "MISDIRECTED_REQUEST");
@@ -259,14 +241,12 @@ async fn h2_connection_reuse_for_another_covered_name_uses_the_host_tenant() {
     let gw = three_cert_gateway(&up).await;
     // SNI acme.gw.test → *.gw.test; the same connection is reused for beta.gw.test.
     let mut c = Conn::h2(gw.https(), "acme.gw.test").await;
-    let id = rid();
-    let r = c
-        .get(
+    let (r, id) = c
+        .get_with_id(
             "/rest/people",
             &[
                 ("host", "beta.gw.test"),
                 ("authorization", &bearer(TOKEN_BETA)),
-                ("x-request-id", &id),
             ],
         )
         .await;
@@ -278,15 +258,10 @@ async fn h2_connection_reuse_for_another_covered_name_uses_the_host_tenant() {
         "tenant from :authority, not SNI"
     );
     // the key is checked against the host's tenant: acme's key on beta's host is 403
-    let id = rid();
-    let r = c
-        .get(
+    let (r, id) = c
+        .get_with_id(
             "/rest/people",
-            &[
-                ("host", "beta.gw.test"),
-                ("authorization", &acme_auth()),
-                ("x-request-id", &id),
-            ],
+            &[("host", "beta.gw.test"), ("authorization", &acme_auth())],
         )
         .await;
     assert_rest_error(&r, 403, "FORBIDDEN");
@@ -318,12 +293,8 @@ async fn plain_http_listener_serves_requests() {
     let up = spawn_upstream("core").await;
     let gw = Conf::one(&up).with_http().spawn().await;
     let mut c = Conn::plain(gw.http(), "acme.gw.test").await;
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &acme_auth()), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &acme_auth())])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let got = up.request_with_id(&id).await;

@@ -477,7 +477,7 @@ async fn the_key_is_checked_per_upgrade_request() {
         .await
         .expect("upgrade with the valid key");
     // ...until the key is revoked by a reload: the next upgrade with it is refused
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     gw.rewrite_config_in_place(
         &conf
             .clone()

@@ -275,6 +275,17 @@ impl Gateway {
         st
     }
 
+    /// [`Gateway::wait_exit`], asserting exit status 0.
+    pub async fn wait_exit_0(&self, limit: Duration) {
+        let st = self.wait_exit(limit).await;
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "exit status {st:?}\n{}",
+            self.all_output()
+        );
+    }
+
     /// Send SIGTERM and wait for the exit status (and the end of its output).
     pub async fn terminate(&self) -> ExitStatus {
         self.signal("TERM");

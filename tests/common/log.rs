@@ -59,7 +59,8 @@ impl Lines {
     pub fn is_eof(&self) -> bool {
         self.tx.borrow().eof
     }
-    pub fn len(&self) -> usize {
+    /// Lines printed so far (a start mark for [`Lines::wait_after`]).
+    pub fn line_count(&self) -> usize {
         self.tx.borrow().lines.len()
     }
 
