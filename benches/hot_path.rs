@@ -11,12 +11,12 @@ use std::time::{Duration, SystemTime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
 use sha2::{Digest, Sha256};
+use twenty_gateway::auth::authenticate;
 use twenty_gateway::config::{self, Rate};
-use twenty_gateway::proxy::auth::authenticate;
-use twenty_gateway::proxy::host::normalize_host;
-use twenty_gateway::proxy::ratelimit::Limiter;
-use twenty_gateway::proxy::target::check_path;
-use twenty_gateway::proxy::upstream::{Forwarding, rewrite_request};
+use twenty_gateway::host::normalize_host;
+use twenty_gateway::ratelimit::Limiter;
+use twenty_gateway::target::check_path;
+use twenty_gateway::upstream::{Forwarding, rewrite_request};
 
 fn config_with_keys(n: usize) -> config::Config {
     let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/certs");
@@ -111,7 +111,7 @@ fn bench(c: &mut Criterion) {
                         host: &host,
                         request_id: &rid,
                         tenant: &cfg.tenants[0].header,
-                        key_id: Some(&cfg.keys.keys[0].header),
+                        key_id: cfg.keys.iter().next().map(|k| &k.header),
                         authorization: None,
                         websocket: false,
                     },

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::error::Outcome;
+use crate::error::{FailureKind, Outcome};
 
 /// Bytes of lines waiting for stdout before new ones are dropped (~20k lines).
 const MAX_PENDING: usize = 8 << 20;
@@ -25,32 +25,32 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Everything one access-log line says; filled step by step as the request
-/// moves through the pipeline, written once when its response is done.
+/// Everything one access-log line says: a view of the request's context,
+/// taken once when its response is over (the metrics read the same view).
 #[derive(Debug)]
-pub struct AccessRecord {
-    /// Also the `X-Request-Id` response header: kept once, as the header value.
-    pub request_id: http::HeaderValue,
+pub struct AccessRecord<'a> {
+    /// Also the `X-Request-Id` response header.
+    pub request_id: &'a http::HeaderValue,
     pub client_ip: IpAddr,
-    pub method: http::Method,
-    pub host: Option<String>,
+    pub method: &'a http::Method,
+    pub host: Option<&'a str>,
     /// Path only: the query string never reaches a log line.
-    pub path: String,
-    pub route: Option<Arc<str>>,
-    pub tenant: Option<Arc<str>>,
-    pub key_id: Option<Arc<str>>,
+    pub path: &'a str,
+    pub route: Option<&'a Arc<str>>,
+    pub tenant: Option<&'a Arc<str>>,
+    pub key_id: Option<&'a Arc<str>>,
     pub status: u16,
     pub outcome: Outcome,
-    pub upstream: Option<Arc<str>>,
+    pub upstream: Option<&'a Arc<str>>,
     pub start: Instant,
     pub upstream_ms: Option<f64>,
     pub bytes_out: u64,
     pub protocol: &'static str,
-    pub user_agent: Option<String>,
+    pub user_agent: Option<&'a str>,
     /// Why the gateway refused or failed, for operators (never a secret).
-    pub error: Option<String>,
+    pub error: Option<&'a str>,
     /// For upstream failures: connect, reset, timeout or body (metric label).
-    pub error_kind: Option<&'static str>,
+    pub error_kind: Option<FailureKind>,
 }
 
 fn round_ms(ms: f64) -> f64 {
@@ -69,42 +69,10 @@ pub fn clip(s: &str) -> &str {
     &s[..end]
 }
 
-impl AccessRecord {
-    /// A record for a request that has just started; the pipeline fills in
-    /// the rest as it goes.
-    pub fn new(
-        request_id: http::HeaderValue,
-        client_ip: IpAddr,
-        method: http::Method,
-        path: String,
-        protocol: &'static str,
-        start: Instant,
-    ) -> Self {
-        AccessRecord {
-            request_id,
-            client_ip,
-            method,
-            host: None,
-            path,
-            route: None,
-            tenant: None,
-            key_id: None,
-            status: 0,
-            outcome: Outcome::Ok,
-            upstream: None,
-            start,
-            upstream_ms: None,
-            bytes_out: 0,
-            protocol,
-            user_agent: None,
-            error: None,
-            error_kind: None,
-        }
-    }
-
+impl AccessRecord<'_> {
     /// Request ids are visible ASCII (checked or generated), so this is exact.
     pub fn request_id(&self) -> &str {
-        self.request_id.to_str().unwrap_or("-")
+        crate::base::request_id::as_str(self.request_id)
     }
 
     pub fn duration_ms(&self) -> f64 {
@@ -124,20 +92,19 @@ impl AccessRecord {
                     status = self.status,
                     outcome = self.outcome.as_str(),
                     method = self.method,
-                    host = dash(self.host.as_deref()),
-                    path = clip(&self.path).escape_debug(),
+                    host = dash(self.host),
+                    path = clip(self.path).escape_debug(),
                     proto = self.protocol,
                     ip = self.client_ip,
-                    tenant = dash(self.tenant.as_deref()),
-                    key = dash(self.key_id.as_deref()),
-                    route = dash(self.route.as_deref()),
-                    up = dash(self.upstream.as_deref()),
+                    tenant = dash(self.tenant.map(|s| &**s)),
+                    key = dash(self.key_id.map(|s| &**s)),
+                    route = dash(self.route.map(|s| &**s)),
+                    up = dash(self.upstream.map(|s| &**s)),
                     dur = self.duration_ms(),
                     bytes = self.bytes_out,
                     rid = self.request_id(),
                     err = self
                         .error
-                        .as_deref()
                         .map(|e| format!(" error={e:?}"))
                         .unwrap_or_default(),
                 );
@@ -175,21 +142,21 @@ impl AccessRecord {
         buf.extend_from_slice(b"\",\"method\":");
         json_str(buf, self.method.as_str());
         buf.extend_from_slice(b",\"host\":");
-        json_opt(buf, self.host.as_deref().map(clip));
+        json_opt(buf, self.host.map(clip));
         buf.extend_from_slice(b",\"path\":");
-        json_str(buf, clip(&self.path));
+        json_str(buf, clip(self.path));
         buf.extend_from_slice(b",\"route\":");
-        json_opt(buf, self.route.as_deref());
+        json_opt(buf, self.route.map(|s| &**s));
         buf.extend_from_slice(b",\"tenant\":");
-        json_opt(buf, self.tenant.as_deref());
+        json_opt(buf, self.tenant.map(|s| &**s));
         buf.extend_from_slice(b",\"key_id\":");
-        json_opt(buf, self.key_id.as_deref());
+        json_opt(buf, self.key_id.map(|s| &**s));
         buf.extend_from_slice(b",\"status\":");
         buf.extend_from_slice(int.format(self.status).as_bytes());
         buf.extend_from_slice(b",\"outcome\":");
         json_str(buf, self.outcome.as_str());
         buf.extend_from_slice(b",\"upstream\":");
-        json_opt(buf, self.upstream.as_deref());
+        json_opt(buf, self.upstream.map(|s| &**s));
         buf.extend_from_slice(b",\"duration_ms\":");
         let _ = serde_json::to_writer(&mut *buf, &duration_ms);
         buf.extend_from_slice(b",\"upstream_ms\":");
@@ -199,8 +166,8 @@ impl AccessRecord {
         buf.extend_from_slice(b",\"protocol\":");
         json_str(buf, self.protocol);
         buf.extend_from_slice(b",\"user_agent\":");
-        json_opt(buf, self.user_agent.as_deref().map(clip));
-        if let Some(e) = self.error.as_deref() {
+        json_opt(buf, self.user_agent.map(clip));
+        if let Some(e) = self.error {
             buf.extend_from_slice(b",\"error\":");
             json_str(buf, e);
         }
@@ -502,48 +469,98 @@ mod tests {
             request_id: r.request_id(),
             client_ip: r.client_ip,
             method: r.method.as_str(),
-            host: r.host.as_deref().map(clip),
-            path: clip(&r.path),
-            route: r.route.as_deref(),
-            tenant: r.tenant.as_deref(),
-            key_id: r.key_id.as_deref(),
+            host: r.host.map(clip),
+            path: clip(r.path),
+            route: r.route.map(|s| &**s),
+            tenant: r.tenant.map(|s| &**s),
+            key_id: r.key_id.map(|s| &**s),
             status: r.status,
             outcome: r.outcome.as_str(),
-            upstream: r.upstream.as_deref(),
+            upstream: r.upstream.map(|s| &**s),
             duration_ms,
             upstream_ms: r.upstream_ms.map(round_ms),
             bytes_out: r.bytes_out,
             protocol: r.protocol,
-            user_agent: r.user_agent.as_deref().map(clip),
-            error: r.error.as_deref(),
+            user_agent: r.user_agent.map(clip),
+            error: r.error,
         };
         let mut v = serde_json::to_vec(&line).unwrap();
         v.push(b'\n');
         v
     }
 
-    fn record(path: &str) -> AccessRecord {
-        AccessRecord::new(
-            http::HeaderValue::from_static("0123456789abcdef0123456789abcdef"),
-            IpAddr::from([203, 0, 113, 9]),
-            http::Method::GET,
-            path.to_string(),
-            "HTTP/2.0",
-            Instant::now(),
-        )
+    /// Owned values for a record to borrow.
+    struct Owned {
+        request_id: http::HeaderValue,
+        client_ip: IpAddr,
+        method: http::Method,
+        path: String,
+        host: Option<String>,
+        route: Option<Arc<str>>,
+        tenant: Option<Arc<str>>,
+        key_id: Option<Arc<str>>,
+        upstream: Option<Arc<str>>,
+        user_agent: Option<String>,
+        error: Option<String>,
+        full: bool,
+        start: Instant,
     }
 
-    fn full(path: &str, text: &str) -> AccessRecord {
+    impl Owned {
+        fn view(&self) -> AccessRecord<'_> {
+            AccessRecord {
+                request_id: &self.request_id,
+                client_ip: self.client_ip,
+                method: &self.method,
+                host: self.host.as_deref(),
+                path: &self.path,
+                route: self.route.as_ref(),
+                tenant: self.tenant.as_ref(),
+                key_id: self.key_id.as_ref(),
+                status: if self.full { 502 } else { 0 },
+                outcome: if self.full {
+                    Outcome::UpstreamError
+                } else {
+                    Outcome::Ok
+                },
+                upstream: self.upstream.as_ref(),
+                start: self.start,
+                upstream_ms: self.full.then_some(12.345_678_9),
+                bytes_out: if self.full { u64::MAX } else { 0 },
+                protocol: "HTTP/2.0",
+                user_agent: self.user_agent.as_deref(),
+                error: self.error.as_deref(),
+                error_kind: None,
+            }
+        }
+    }
+
+    fn record(path: &str) -> Owned {
+        Owned {
+            request_id: http::HeaderValue::from_static("0123456789abcdef0123456789abcdef"),
+            client_ip: IpAddr::from([203, 0, 113, 9]),
+            method: http::Method::GET,
+            path: path.to_string(),
+            host: None,
+            route: None,
+            tenant: None,
+            key_id: None,
+            upstream: None,
+            user_agent: None,
+            error: None,
+            full: false,
+            start: Instant::now(),
+        }
+    }
+
+    fn full(path: &str, text: &str) -> Owned {
         let mut r = record(path);
         r.host = Some(format!("acme{text}.example.test"));
         r.route = Some(format!("/rest{text}").into());
         r.tenant = Some(format!("acme{text}").into());
         r.key_id = Some(format!("ci{text}").into());
-        r.status = 502;
-        r.outcome = Outcome::UpstreamError;
+        r.full = true;
         r.upstream = Some(format!("core{text}").into());
-        r.upstream_ms = Some(12.345_678_9);
-        r.bytes_out = u64::MAX;
         r.user_agent = Some(format!("curl/8{text}"));
         r.error = Some(format!("upstream reset{text}"));
         r
@@ -572,6 +589,7 @@ mod tests {
         }
         cases.push(full(&"x".repeat(3 * MAX_FIELD), &"é".repeat(MAX_FIELD)));
         for (i, r) in cases.iter().enumerate() {
+            let r = &r.view();
             for duration in [0.0, 1.5, 2.0, 0.001, 123_456.789] {
                 let mut ours = Vec::new();
                 r.write_json(&mut ours, now, duration);
@@ -645,7 +663,7 @@ mod tests {
         gate.open();
         let log = AccessLog::new(LogFormat::Json, gate.clone());
         for i in 0..1000 {
-            log.write(&record(&format!("/rest/{i}")));
+            log.write(&record(&format!("/rest/{i}")).view());
         }
         assert!(log.flush(Duration::from_secs(10)));
         let lines = gate.lines();
@@ -664,7 +682,7 @@ mod tests {
         // ~300 bytes a line: well past MAX_PENDING while the sink is stuck.
         let n = 2 * MAX_PENDING / 250;
         for i in 0..n {
-            log.write(&record(&format!("/rest/{i}")));
+            log.write(&record(&format!("/rest/{i}")).view());
         }
         let dropped = log.dropped();
         assert!(dropped > 0, "nothing dropped with the sink stuck");
@@ -680,7 +698,7 @@ mod tests {
             );
         }
         // And the log takes lines again once the sink drains.
-        log.write(&record("/after"));
+        log.write(&record("/after").view());
         assert!(log.flush(Duration::from_secs(10)));
         assert!(gate.lines().last().unwrap().contains("/after"));
     }
@@ -707,7 +725,7 @@ mod tests {
         let (ended_tx, ended) = mpsc::channel();
         let log = AccessLog::new(LogFormat::Json, Watched(gate.clone(), ended_tx));
         for i in 0..10 {
-            log.write(&record(&format!("/rest/{i}")));
+            log.write(&record(&format!("/rest/{i}")).view());
         }
         drop(log);
         ended
@@ -728,11 +746,11 @@ mod tests {
             }
         }
         let log = AccessLog::new(LogFormat::Json, Closed);
-        log.write(&record("/first"));
+        log.write(&record("/first").view());
         // The flush is answered although the write failed; after it the
         // writer is gone and lines are dropped and counted, not kept.
         log.flush(Duration::from_secs(10));
-        log.write(&record("/second"));
+        log.write(&record("/second").view());
         assert_eq!(log.dropped(), 2);
         assert!(!log.flush(Duration::from_secs(1)));
     }

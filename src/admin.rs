@@ -14,8 +14,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::config::reload::{Trigger, reload};
-use crate::state::Gateway;
+use crate::runtime::Gateway;
+use crate::runtime::reload::{Trigger, reload};
 
 fn reply(
     status: StatusCode,
@@ -57,8 +57,8 @@ async fn route(
                 serde_json::json!({
                     "status": "reloaded",
                     "generation": snap.generation,
-                    "tenants": snap.config.tenants.len(),
-                    "keys": snap.config.keys.keys.len(),
+                    "tenants": snap.tenants.len(),
+                    "keys": snap.keys.len(),
                 }),
             ),
             Err(errors) => json(

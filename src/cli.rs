@@ -1,10 +1,13 @@
-//! The command line: run, `check`, `hash-key`, `gen-key`.
+//! The command line: run, `check`, `hash-key`, `gen-key`, `healthcheck`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::access_log::LogFormat;
+use crate::healthcheck;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,5 +52,17 @@ pub enum Command {
         /// Key id (shown in logs, metrics and X-Gateway-Key-Id).
         #[arg(long)]
         id: String,
+    },
+    /// Probe the admin listener (container HEALTHCHECK): exit 0 on a 2xx answer, 1 otherwise.
+    Healthcheck {
+        /// Admin listener address (`listen.admin`; 0.0.0.0 and [::] mean loopback).
+        #[arg(long, default_value_t = healthcheck::DEFAULT_ADDR)]
+        addr: SocketAddr,
+        /// Path to GET (`/healthz`, or `/readyz` to include draining).
+        #[arg(long, default_value = healthcheck::DEFAULT_PATH)]
+        path: String,
+        /// Give up after this long (connect to status line).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
 }

@@ -16,35 +16,43 @@
 //! comparison.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
+use http::{HeaderValue, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::access_log::AccessRecord;
-use crate::error::{BadRequest, GatewayError, Outcome, rest_body};
-use crate::proxy::new_request_id;
-use crate::state::Gateway;
+use crate::base::request_id::{self, new_request_id};
+use crate::error::{BadRequest, ErrorShape, GatewayError};
 
 const MAX_HEAD: usize = 256;
 
+/// A request the HTTP/1 codec refused before any service ran: the event the
+/// connection reports (access log, metrics) like any other refusal.
+#[derive(Debug)]
+pub struct CodecRefusal {
+    pub error: GatewayError,
+    pub request_id: HeaderValue,
+    /// Bytes of the JSON body sent.
+    pub body_len: usize,
+}
+
+/// Who hears of codec refusals.
+pub type RefusalSink = Arc<dyn Fn(CodecRefusal) + Send + Sync>;
+
 pub struct CodecErrors<T> {
     inner: T,
-    gw: Arc<Gateway>,
-    peer: SocketAddr,
+    sink: RefusalSink,
     /// A replacement being written, and the length hyper asked us to write.
     pending: Option<(Vec<u8>, usize, usize)>,
 }
 
 impl<T> CodecErrors<T> {
-    pub fn new(inner: T, gw: Arc<Gateway>, peer: SocketAddr) -> Self {
+    pub fn new(inner: T, sink: RefusalSink) -> Self {
         CodecErrors {
             inner,
-            gw,
-            peer,
+            sink,
             pending: None,
         }
     }
@@ -54,69 +62,61 @@ impl<T> CodecErrors<T> {
     }
 }
 
-/// The status of a head hyper wrote for a codec error, if `buf` is one.
-fn codec_error_status(buf: &[u8]) -> Option<u16> {
+/// The error behind a head hyper wrote for a codec error, if `buf` is one.
+fn codec_error(buf: &[u8]) -> Option<GatewayError> {
     if buf.len() > MAX_HEAD || !buf.starts_with(b"HTTP/1.1 4") || !buf.ends_with(b"\r\n\r\n") {
         return None;
     }
-    let status = match &buf[9..12] {
-        b"400" => 400,
-        b"414" => 414,
-        b"431" => 431,
+    let error = match &buf[9..12] {
+        b"400" => GatewayError::BadRequest(BadRequest::Framing),
+        b"414" => GatewayError::UriTooLong,
+        b"431" => GatewayError::HeadersTooLarge,
         _ => return None,
     };
     let head = std::str::from_utf8(buf).ok()?.to_ascii_lowercase();
     let empty = head.contains("\r\ncontent-length: 0\r\n");
     let ours = head.contains("\r\nx-request-id:");
-    (empty && !ours).then_some(status)
+    (empty && !ours).then_some(error)
+}
+
+/// An error response as HTTP/1.1 bytes, closing the connection (hyper
+/// closes it after its own error head too).
+fn http1_bytes(resp: &Response<bytes::Bytes>) -> Vec<u8> {
+    let status = resp.status();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nconnection: close\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("Error")
+    )
+    .into_bytes();
+    for (name, value) in resp.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", resp.body().len()).as_bytes());
+    out.extend_from_slice(resp.body());
+    out
 }
 
 impl<T> CodecErrors<T> {
-    fn replacement(&self, status: u16) -> Vec<u8> {
-        // The same wording as the pipeline's own 431 and 400 (HTTP/2 lists
-        // over the limit, framing the pipeline refuses).
-        let (reason, message) = match status {
-            414 => ("URI Too Long", "Request target too long"),
-            431 => (
-                "Request Header Fields Too Large",
-                GatewayError::HeadersTooLarge.public_message(),
-            ),
-            _ => (
-                "Bad Request",
-                GatewayError::BadRequest(BadRequest::Framing).public_message(),
-            ),
-        };
+    /// The gateway's JSON answer for `error`, rendered by the error table,
+    /// and the event reported.
+    fn replacement(&self, error: GatewayError) -> Vec<u8> {
         let request_id = new_request_id();
-        let body = rest_body(
-            status,
-            "BAD_REQUEST",
-            message,
-            request_id.to_str().unwrap_or("-"),
+        let mut resp = error.to_response(ErrorShape::Rest, request_id::as_str(&request_id));
+        resp.headers_mut().insert(
+            crate::base::headers::X_REQUEST_ID.clone(),
+            request_id.clone(),
         );
-        let mut record = AccessRecord::new(
+        let bytes = http1_bytes(&resp);
+        (self.sink)(CodecRefusal {
+            error,
             request_id,
-            self.peer.ip(),
-            http::Method::from_bytes(b"-").unwrap_or_default(),
-            String::new(),
-            "HTTP/1.1",
-            Instant::now(),
-        );
-        record.status = status;
-        record.outcome = Outcome::BadRequest;
-        record.bytes_out = body.len() as u64;
-        record.error = Some(format!("request refused by the HTTP/1 parser: {message}"));
-        self.gw.metrics.observe(&record, None);
-        if self.gw.current().config.access_log {
-            self.gw.access_log.write(&record);
-        }
-        let mut out = format!(
-            "HTTP/1.1 {status} {reason}\r\nconnection: close\r\ncontent-type: application/json\r\nx-request-id: {}\r\ncontent-length: {}\r\n\r\n",
-            record.request_id(),
-            body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&body);
-        out
+            body_len: resp.body().len(),
+        });
+        bytes
     }
 }
 
@@ -156,8 +156,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CodecErrors<T> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.pending.is_none() {
-            match codec_error_status(buf) {
-                Some(status) => this.pending = Some((this.replacement(status), 0, buf.len())),
+            match codec_error(buf) {
+                Some(error) => this.pending = Some((this.replacement(error), 0, buf.len())),
                 None => return Pin::new(&mut this.inner).poll_write(cx, buf),
             }
         }
@@ -179,8 +179,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CodecErrors<T> {
                 return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
             }
             let flat: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            match codec_error_status(&flat) {
-                Some(status) => this.pending = Some((this.replacement(status), 0, total)),
+            match codec_error(&flat) {
+                Some(error) => this.pending = Some((this.replacement(error), 0, total)),
                 None => return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
             }
         }
@@ -210,23 +210,56 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CodecErrors<T> {
 mod tests {
     use super::*;
 
+    fn status(buf: &[u8]) -> Option<u16> {
+        codec_error(buf).map(|e| e.status().as_u16())
+    }
+
+    #[test]
+    fn replacements_are_rendered_by_the_error_table() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink: RefusalSink = {
+            let seen = seen.clone();
+            Arc::new(move |r: CodecRefusal| seen.lock().unwrap().push(r))
+        };
+        let c = CodecErrors::new((), sink);
+        let bytes = c.replacement(GatewayError::UriTooLong);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 414 URI Too Long\r\nconnection: close\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\ncontent-type: application/json\r\n"),
+            "{text}"
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let rid = seen[0].request_id.to_str().unwrap();
+        assert!(text.contains(&format!("x-request-id: {rid}\r\n")), "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        assert_eq!(body.len(), seen[0].body_len);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["statusCode"], 414);
+        assert_eq!(v["messages"][0], "Request target too long");
+    }
+
     #[test]
     fn recognises_only_hypers_own_error_heads() {
         let hyper_400 = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sun, 22 Nov 2026 20:56:54 GMT\r\n\r\n";
         let hyper_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sun, 22 Nov 2026 20:56:54 GMT\r\n\r\n";
-        assert_eq!(codec_error_status(hyper_400), Some(400));
-        assert_eq!(codec_error_status(hyper_431), Some(431));
+        assert_eq!(status(hyper_400), Some(400));
+        assert_eq!(status(hyper_431), Some(431));
         // Anything the service produced carries x-request-id.
         let ours = b"HTTP/1.1 400 Bad Request\r\nx-request-id: abc\r\ncontent-length: 0\r\n\r\n";
-        assert_eq!(codec_error_status(ours), None);
+        assert_eq!(status(ours), None);
         let with_body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n";
-        assert_eq!(codec_error_status(with_body), None);
+        assert_eq!(status(with_body), None);
         assert_eq!(
-            codec_error_status(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
+            status(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
             None
         );
         assert_eq!(
-            codec_error_status(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n"),
+            status(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n"),
             None
         );
     }

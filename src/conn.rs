@@ -24,7 +24,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,8 +39,9 @@ use tokio::time::Instant as TokioInstant;
 use crate::codec_errors::CodecErrors;
 use crate::config::Limits;
 use crate::metrics::ConnectionGuard;
+use crate::proxy::ctx::Activity;
 use crate::proxy::{self, ConnInfo};
-use crate::state::Gateway;
+use crate::runtime::Gateway;
 
 /// How long an HTTP/1.1 connection waits between requests before it gives
 /// its hyper buffers back (capped at half of `header_read_timeout`).
@@ -82,71 +83,6 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
             }
             _ => Poll::Ready(Ok(())),
         }
-    }
-}
-
-/// Requests in flight on a connection, when that last changed (for
-/// `idle_timeout`), and what parking needs to know: whether a byte has been
-/// read since the last request finished.
-#[derive(Debug)]
-pub struct Activity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds after `opened` of the last start or finish.
-    last_change_ms: AtomicU64,
-    /// Reads that returned bytes (one writer: the connection's I/O).
-    reads: AtomicU64,
-    /// `reads` when the last request finished; `u64::MAX` before the first.
-    reads_at_finish: AtomicU64,
-    /// The next graceful close hands the socket back instead of closing it.
-    parking: AtomicBool,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last_change_ms: AtomicU64::new(0),
-            reads: AtomicU64::new(0),
-            reads_at_finish: AtomicU64::new(u64::MAX),
-            parking: AtomicBool::new(false),
-        }
-    }
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_change_ms.store(ms, Ordering::Relaxed);
-    }
-    pub fn started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
-    }
-    pub fn finished(&self) {
-        self.reads_at_finish
-            .store(self.reads.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.touch();
-    }
-    /// When the connection became idle, or `None` while requests are in flight.
-    pub fn idle_since(&self) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        let ms = self.last_change_ms.load(Ordering::Relaxed);
-        Some(self.opened + Duration::from_millis(ms))
-    }
-    fn read_bytes(&self) {
-        // Single writer: a plain load + store, no locked instruction.
-        let n = self.reads.load(Ordering::Relaxed);
-        self.reads.store(n.wrapping_add(1), Ordering::Relaxed);
-    }
-    /// Between requests: one has finished and nothing was read since.
-    fn between_requests(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0
-            && self.reads.load(Ordering::Relaxed) == self.reads_at_finish.load(Ordering::Relaxed)
     }
 }
 
@@ -282,7 +218,10 @@ pub async fn serve<T: Transport>(
     };
     let peer = info.peer;
     let io = ConnIo {
-        inner: CodecErrors::new(io, gw.clone(), peer),
+        inner: CodecErrors::new(io, {
+            let gw = gw.clone();
+            Arc::new(move |r| proxy::codec_refused(&gw, peer, r))
+        }),
         replay,
         info: info.clone(),
     };
@@ -571,18 +510,15 @@ mod tests {
     const HEAD: Duration = Duration::from_secs(10);
 
     /// A connection whose last request started or finished `ago`.
+    fn opened(ago: Duration) -> Instant {
+        Instant::now().checked_sub(ago).expect("uptime")
+    }
     fn activity(ago: Duration) -> Activity {
-        let a = Activity::default();
-        Activity {
-            opened: Instant::now().checked_sub(ago).expect("uptime"),
-            ..a
-        }
+        Activity::at(opened(ago), 0, false)
     }
     /// ... and that request has finished, nothing read since.
     fn between(ago: Duration) -> Activity {
-        let a = activity(ago);
-        a.reads_at_finish.store(0, Ordering::Relaxed);
-        a
+        Activity::at(opened(ago), 0, true)
     }
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -608,8 +544,7 @@ mod tests {
     #[test]
     fn a_busy_connection_is_looked_at_less_and_less_often() {
         let mut c = IdleClock::with(IDLE, HEAD, true);
-        let busy = activity(ms(0));
-        busy.in_flight.store(1, Ordering::Relaxed);
+        let busy = Activity::at(opened(ms(0)), 1, false);
         let intervals: Vec<u128> = (0..6)
             .map(|_| {
                 let wait = later_in(c.check(&busy));

@@ -10,8 +10,6 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::proxy::ratelimit::retry_after_secs;
-
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request target or request head was refused with 400.
@@ -57,6 +55,8 @@ pub enum GatewayError {
     NoRoute,
     #[error("missing API key")]
     MissingKey,
+    #[error("missing or empty token query parameter on a twenty_token route")]
+    MissingToken,
     #[error("invalid API key")]
     InvalidKey,
     #[error("expired API key")]
@@ -73,6 +73,8 @@ pub enum GatewayError {
     PayloadTooLarge,
     #[error("request header list larger than max_header_bytes")]
     HeadersTooLarge,
+    #[error("request target longer than the HTTP/1 parser accepts")]
+    UriTooLong,
     #[error("upstream {kind}")]
     Upstream {
         kind: UpstreamFailure,
@@ -107,6 +109,37 @@ impl std::fmt::Display for UpstreamFailure {
             UpstreamFailure::Connect => "connection failed",
             UpstreamFailure::Reset => "connection reset",
         })
+    }
+}
+
+/// Why a forwarded request failed, for the log's `error_kind` and the
+/// upstream error metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Connect,
+    Reset,
+    Timeout,
+    /// The upstream's response body failed after its head was sent.
+    Body,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Reset => "reset",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Body => "body",
+        }
+    }
+}
+
+impl From<UpstreamFailure> for FailureKind {
+    fn from(f: UpstreamFailure) -> Self {
+        match f {
+            UpstreamFailure::Connect => FailureKind::Connect,
+            UpstreamFailure::Reset => FailureKind::Reset,
+        }
     }
 }
 
@@ -228,104 +261,184 @@ pub fn rest_body(
 const BEARER_CHALLENGE: &str = "Bearer realm=\"twenty-gateway\"";
 const BEARER_INVALID: &str = "Bearer realm=\"twenty-gateway\", error=\"invalid_token\"";
 
+/// Retry-After: whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// One row of the error table: everything a client and the log see of an
+/// error, in one place.
+struct Row {
+    status: StatusCode,
+    code: &'static str,
+    outcome: Outcome,
+    /// What clients read. It never says *why* a key was refused.
+    message: &'static str,
+}
+
+const fn row(
+    status: StatusCode,
+    code: &'static str,
+    outcome: Outcome,
+    message: &'static str,
+) -> Row {
+    Row {
+        status,
+        code,
+        outcome,
+        message,
+    }
+}
+
 impl GatewayError {
-    pub fn status(&self) -> StatusCode {
+    /// The error table: one exhaustive match, no `_` arm over variants.
+    fn row(&self) -> Row {
+        use GatewayError as E;
+        use StatusCode as S;
+        const UNAUTH: &str = "UNAUTHENTICATED";
+        const REFUSED: &str = "Invalid or revoked API key";
         match self {
-            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            GatewayError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            GatewayError::UnknownHost => StatusCode::NOT_FOUND,
-            GatewayError::NoRoute => StatusCode::NOT_FOUND,
-            GatewayError::MissingKey => StatusCode::UNAUTHORIZED,
-            GatewayError::InvalidKey => StatusCode::UNAUTHORIZED,
-            GatewayError::ExpiredKey => StatusCode::UNAUTHORIZED,
-            GatewayError::RevokedKey => StatusCode::UNAUTHORIZED,
-            GatewayError::WrongTenant => StatusCode::FORBIDDEN,
-            GatewayError::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::BadRequest(why) => row(
+                S::BAD_REQUEST,
+                "BAD_REQUEST",
+                Outcome::BadRequest,
+                why.public_message(),
+            ),
+            E::UriTooLong => row(
+                S::URI_TOO_LONG,
+                "BAD_REQUEST",
+                Outcome::BadRequest,
+                "Request target too long",
+            ),
+            E::Misdirected => row(
+                S::MISDIRECTED_REQUEST,
+                "MISDIRECTED_REQUEST",
+                Outcome::Misdirected,
+                "This host is not served on this connection",
+            ),
+            E::UnknownHost => row(
+                S::NOT_FOUND,
+                "NOT_FOUND",
+                Outcome::UnknownHost,
+                "Unknown host",
+            ),
+            E::NoRoute => row(
+                S::NOT_FOUND,
+                "NOT_FOUND",
+                Outcome::NoRoute,
+                "No route for this path",
+            ),
+            E::MissingKey => row(
+                S::UNAUTHORIZED,
+                UNAUTH,
+                Outcome::MissingKey,
+                "Missing API key",
+            ),
+            E::MissingToken => row(
+                S::UNAUTHORIZED,
+                UNAUTH,
+                Outcome::MissingKey,
+                "Missing token",
+            ),
+            E::InvalidKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::InvalidKey, REFUSED),
+            E::ExpiredKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::ExpiredKey, REFUSED),
+            E::RevokedKey => row(S::UNAUTHORIZED, UNAUTH, Outcome::RevokedKey, REFUSED),
+            E::WrongTenant => row(
+                S::FORBIDDEN,
+                "FORBIDDEN",
+                Outcome::WrongTenant,
+                "This API key does not belong to this workspace",
+            ),
+            E::AuthThrottled { .. } => row(
+                S::TOO_MANY_REQUESTS,
+                "TOO_MANY_AUTH_FAILURES",
+                Outcome::AuthThrottled,
+                "Too many failed authentication attempts",
+            ),
+            E::RateLimited { .. } => row(
+                S::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                Outcome::RateLimited,
+                "Rate limit exceeded",
+            ),
+            E::PayloadTooLarge => row(
+                S::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                Outcome::PayloadTooLarge,
+                "Request body too large",
+            ),
+            E::HeadersTooLarge => row(
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "BAD_REQUEST",
+                Outcome::BadRequest,
+                "Request headers too large",
+            ),
+            E::Upstream { .. } => row(
+                S::BAD_GATEWAY,
+                "BAD_GATEWAY",
+                Outcome::UpstreamError,
+                "Upstream unavailable",
+            ),
+            E::UpstreamTimeout => row(
+                S::GATEWAY_TIMEOUT,
+                "GATEWAY_TIMEOUT",
+                Outcome::UpstreamTimeout,
+                "Upstream timed out",
+            ),
+            E::Internal(_) => row(
+                S::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                Outcome::Internal,
+                "Internal error",
+            ),
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.row().status
     }
 
     pub fn code(&self) -> &'static str {
-        match self {
-            GatewayError::BadRequest(_) => "BAD_REQUEST",
-            GatewayError::Misdirected => "MISDIRECTED_REQUEST",
-            GatewayError::UnknownHost => "NOT_FOUND",
-            GatewayError::NoRoute => "NOT_FOUND",
-            GatewayError::MissingKey => "UNAUTHENTICATED",
-            GatewayError::InvalidKey => "UNAUTHENTICATED",
-            GatewayError::ExpiredKey => "UNAUTHENTICATED",
-            GatewayError::RevokedKey => "UNAUTHENTICATED",
-            GatewayError::WrongTenant => "FORBIDDEN",
-            GatewayError::AuthThrottled { .. } => "TOO_MANY_AUTH_FAILURES",
-            GatewayError::RateLimited { .. } => "RATE_LIMITED",
-            GatewayError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            GatewayError::HeadersTooLarge => "BAD_REQUEST",
-            GatewayError::Upstream { .. } => "BAD_GATEWAY",
-            GatewayError::UpstreamTimeout => "GATEWAY_TIMEOUT",
-            GatewayError::Internal(_) => "INTERNAL",
-        }
+        self.row().code
     }
 
     pub fn outcome(&self) -> Outcome {
+        self.row().outcome
+    }
+
+    pub fn public_message(&self) -> &'static str {
+        self.row().message
+    }
+
+    /// For the log and metrics: how an upstream exchange failed.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
         match self {
-            GatewayError::BadRequest(_) => Outcome::BadRequest,
-            GatewayError::Misdirected => Outcome::Misdirected,
-            GatewayError::UnknownHost => Outcome::UnknownHost,
-            GatewayError::NoRoute => Outcome::NoRoute,
-            GatewayError::MissingKey => Outcome::MissingKey,
-            GatewayError::InvalidKey => Outcome::InvalidKey,
-            GatewayError::ExpiredKey => Outcome::ExpiredKey,
-            GatewayError::RevokedKey => Outcome::RevokedKey,
-            GatewayError::WrongTenant => Outcome::WrongTenant,
-            GatewayError::AuthThrottled { .. } => Outcome::AuthThrottled,
-            GatewayError::RateLimited { .. } => Outcome::RateLimited,
-            GatewayError::PayloadTooLarge => Outcome::PayloadTooLarge,
-            GatewayError::HeadersTooLarge => Outcome::BadRequest,
-            GatewayError::Upstream { .. } => Outcome::UpstreamError,
-            GatewayError::UpstreamTimeout => Outcome::UpstreamTimeout,
-            GatewayError::Internal(_) => Outcome::Internal,
+            GatewayError::Upstream { kind, .. } => Some(FailureKind::from(*kind)),
+            GatewayError::UpstreamTimeout => Some(FailureKind::Timeout),
+            _ => None,
         }
     }
 
-    /// The message clients see. It never says *why* a key was refused.
-    pub fn public_message(&self) -> &'static str {
-        match self {
-            GatewayError::BadRequest(BadRequest::MultipleAuthorization) => {
-                "More than one Authorization header"
-            }
-            GatewayError::BadRequest(BadRequest::MissingHost) => "Missing Host header",
-            GatewayError::BadRequest(BadRequest::BadHost) => "Invalid Host header",
-            GatewayError::BadRequest(BadRequest::Framing) => "Malformed request",
-            GatewayError::BadRequest(BadRequest::Method) => "Method not supported",
-            GatewayError::BadRequest(_) => "Invalid request path",
-            GatewayError::Misdirected => "This host is not served on this connection",
-            GatewayError::UnknownHost => "Unknown host",
-            GatewayError::NoRoute => "No route for this path",
-            GatewayError::MissingKey => "Missing API key",
-            GatewayError::InvalidKey | GatewayError::ExpiredKey | GatewayError::RevokedKey => {
-                "Invalid or revoked API key"
-            }
-            GatewayError::WrongTenant => "This API key does not belong to this workspace",
-            GatewayError::AuthThrottled { .. } => "Too many failed authentication attempts",
-            GatewayError::RateLimited { .. } => "Rate limit exceeded",
-            GatewayError::PayloadTooLarge => "Request body too large",
-            GatewayError::HeadersTooLarge => "Request headers too large",
-            GatewayError::Upstream { .. } => "Upstream unavailable",
-            GatewayError::UpstreamTimeout => "Upstream timed out",
-            GatewayError::Internal(_) => "Internal error",
+    /// The operator's detail: this error and its sources, for the log line.
+    pub fn detail(&self) -> String {
+        let mut detail = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
         }
+        detail
     }
 
     /// The JSON response for this error, carrying `request_id`.
     pub fn to_response(&self, shape: ErrorShape, request_id: &str) -> Response<Bytes> {
-        let status = self.status();
-        let message = self.public_message();
-        let code = self.code();
+        let Row {
+            status,
+            code,
+            message,
+            ..
+        } = self.row();
         let body = match shape {
             ErrorShape::Rest => Ok(rest_body(status.as_u16(), code, message, request_id)),
             ErrorShape::GraphQl => serde_json::to_vec(&GraphQlErrors {
@@ -360,6 +473,26 @@ impl GatewayError {
     }
 }
 
+impl BadRequest {
+    fn public_message(self) -> &'static str {
+        match self {
+            BadRequest::MultipleAuthorization => "More than one Authorization header",
+            BadRequest::MissingHost => "Missing Host header",
+            BadRequest::BadHost => "Invalid Host header",
+            BadRequest::Framing => "Malformed request",
+            BadRequest::Method => "Method not supported",
+            BadRequest::NotOriginForm
+            | BadRequest::DotSegment
+            | BadRequest::EmptySegment
+            | BadRequest::EncodedSeparator
+            | BadRequest::Backslash
+            | BadRequest::Nul
+            | BadRequest::BadPercentEncoding
+            | BadRequest::NotUtf8 => "Invalid request path",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +505,7 @@ mod tests {
             GatewayError::UnknownHost,
             GatewayError::NoRoute,
             GatewayError::MissingKey,
+            GatewayError::MissingToken,
             GatewayError::InvalidKey,
             GatewayError::ExpiredKey,
             GatewayError::RevokedKey,
@@ -379,6 +513,8 @@ mod tests {
             GatewayError::AuthThrottled { retry_after: d },
             GatewayError::RateLimited { retry_after: d },
             GatewayError::PayloadTooLarge,
+            GatewayError::HeadersTooLarge,
+            GatewayError::UriTooLong,
             GatewayError::Upstream {
                 kind: UpstreamFailure::Connect,
                 source: "x".into(),
@@ -402,6 +538,7 @@ mod tests {
                 (404, "NOT_FOUND", "unknown_host"),
                 (404, "NOT_FOUND", "no_route"),
                 (401, "UNAUTHENTICATED", "missing_key"),
+                (401, "UNAUTHENTICATED", "missing_key"),
                 (401, "UNAUTHENTICATED", "invalid_key"),
                 (401, "UNAUTHENTICATED", "expired_key"),
                 (401, "UNAUTHENTICATED", "revoked_key"),
@@ -409,6 +546,8 @@ mod tests {
                 (429, "TOO_MANY_AUTH_FAILURES", "auth_throttled"),
                 (429, "RATE_LIMITED", "rate_limited"),
                 (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
+                (431, "BAD_REQUEST", "bad_request"),
+                (414, "BAD_REQUEST", "bad_request"),
                 (502, "BAD_GATEWAY", "upstream_error"),
                 (504, "GATEWAY_TIMEOUT", "upstream_timeout"),
                 (500, "INTERNAL", "internal"),

@@ -2,41 +2,52 @@
 //!
 //! # Layout
 //!
-//! In the order a request meets them:
+//! Layers, each importing only from the ones before it (README "Layout"):
 //!
-//! - [`cli`] / `main.rs` — parse the command line, load the config, run.
-//! - [`config`] — `gateway.yaml`: [`config::raw`] (serde mirror, unknown
-//!   fields rejected) → [`config::validate`] (typed [`config::Config`], every
-//!   error with its path) → [`config::reload`] (swap a new snapshot in).
-//! - [`state`] — the swappable [`state::Snapshot`] a request loads once, and
-//!   what outlives it (limiters, upstream pool, log writer).
-//! - [`listener`] — accept loop, connection cap, TLS handshake timeout.
-//! - [`conn`] — one connection: HTTP/1.1 or HTTP/2, idle and drain closes,
-//!   idle HTTP/1.1 connections parked without hyper's buffers.
-//! - [`tls`] — certificates by SNI from the live snapshot; coverage for 421.
-//! - [`proxy`] — per request: [`proxy::handle`] (context, error → JSON,
-//!   log once) around [`proxy::pipeline`]: [`proxy::target`] →
-//!   [`proxy::host`] → [`proxy::route`] → [`proxy::auth`] →
-//!   [`proxy::ratelimit`] → [`proxy::upstream`], bodies in [`proxy::body`].
-//! - [`error`] — one error type: status, code, outcome, JSON body.
-//! - [`access_log`] — the typed access-log record and its writer thread.
-//! - [`metrics`] / [`admin`] — Prometheus metrics, `/healthz`, `/readyz`,
-//!   `POST /reload` on the admin listener.
+//! - leaves: [`base`] (header names, request ids), [`error`] (the one
+//!   error table), [`access_log`], [`metrics`];
+//! - steps, each owning its compiled table: [`target`] → [`host`] →
+//!   [`route`] → [`auth`] → [`ratelimit`] → [`permission`]; [`tls`]
+//!   (certificates and their sources), [`upstream`] (servers, header
+//!   rewriting, pooled client);
+//! - [`config`]: `gateway.yaml` → typed `Config`, every error with its field;
+//! - [`runtime`]: the swapped `Snapshot` compiled into entries, the
+//!   `Registry` of state that outlives it, reload;
+//! - [`proxy`]: `handle` → `pipeline::run` (one call per step) with the
+//!   typed `RequestCtx`, the logging phase in `proxy::body::Finish`;
+//! - connections: [`codec_errors`], [`conn`], [`listener`], [`admin`];
+//! - [`cli`] / `main.rs`, and [`serve`] below.
 
 #![forbid(unsafe_code)]
 
+// Leaves: no imports from the rest of the crate but each other.
 pub mod access_log;
-pub mod admin;
-pub mod cli;
-pub mod codec_errors;
-pub mod config;
-pub mod conn;
+pub mod base;
 pub mod error;
-pub mod listener;
+pub mod healthcheck;
 pub mod metrics;
-pub mod proxy;
-pub mod state;
+// Steps: each owns its compiled table and how to check it.
+pub mod auth;
+pub mod host;
+pub mod permission;
+pub mod ratelimit;
+pub mod route;
+pub mod target;
 pub mod tls;
+pub mod upstream;
+// The config file, compiled into the steps' tables.
+pub mod config;
+// The running gateway: the swapped snapshot, state that outlives it, reload.
+pub mod runtime;
+// Per request: the pipeline of steps, the request context, the logging phase.
+pub mod proxy;
+// Connections and listeners.
+pub mod admin;
+pub mod codec_errors;
+pub mod conn;
+pub mod listener;
+// The command line.
+pub mod cli;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,7 +56,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::listener::{Bound, accept_loop};
-use crate::state::Gateway;
+use crate::runtime::Gateway;
 
 /// Serve on already-bound listeners until `shutdown` resolves, then drain:
 /// stop accepting, let in-flight requests finish within `shutdown_grace`.
@@ -54,7 +65,7 @@ pub async fn serve(
     bound: Bound,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), rustls::Error> {
-    let tls = TlsAcceptor::from(tls::server_config(gw.snapshot.clone())?);
+    let tls = TlsAcceptor::from(tls::server_config(gw.certs.clone())?);
     let limits = gw.current().config.limits.clone();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let (drain_tx, drain) = tokio::sync::watch::channel(false);
@@ -63,10 +74,10 @@ pub async fn serve(
     // in place before anyone is told we are listening (SIGHUP's default
     // action would kill the process).
     let mut background = vec![tokio::spawn(housekeeping(gw.clone()))];
-    if let Some(task) = config::reload::on_sighup(gw.clone()) {
+    if let Some(task) = runtime::reload::on_sighup(gw.clone()) {
         background.push(tokio::spawn(task));
     }
-    if let Some(task) = config::reload::watch_file(gw.clone()) {
+    if let Some(task) = runtime::reload::watch_file(gw.clone()) {
         background.push(tokio::spawn(task));
     }
     let addrs = [
@@ -90,9 +101,9 @@ pub async fn serve(
     tracing::info!(
         event = "config_loaded",
         generation = snap.generation,
-        tenants = snap.config.tenants.len(),
-        keys = snap.config.keys.keys.len(),
-        certificates = snap.config.certs.len(),
+        tenants = snap.tenants.len(),
+        keys = snap.keys.len(),
+        certificates = gw.certs.file_count(),
         "serving"
     );
     drop(snap);
@@ -153,9 +164,6 @@ async fn housekeeping(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
         tick.tick().await;
-        if let Some(brake) = &gw.current().brake {
-            brake.housekeeping();
-        }
-        gw.upstream.prune_idle();
+        gw.registry.housekeeping();
     }
 }

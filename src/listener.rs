@@ -15,7 +15,7 @@ use crate::config::Listen;
 use crate::conn;
 use crate::metrics::ConnectionGuard;
 use crate::proxy::{ConnInfo, TlsInfo};
-use crate::state::Gateway;
+use crate::runtime::Gateway;
 
 /// Sockets bound before anything else runs, so a port clash fails startup.
 pub struct Bound {
@@ -137,7 +137,7 @@ async fn serve_connection(
                 }
             };
             let sni = stream.get_ref().1.server_name().map(str::to_owned);
-            let cert = gw.current().config.certs.select(sni.as_deref()).cloned();
+            let cert = gw.certs.select(sni.as_deref());
             let info = Arc::new(ConnInfo::new(peer, Some(TlsInfo { sni, cert })));
             // HTTP/2 over TLS is chosen by ALPN only (RFC 9113 §3.3).
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use twenty_gateway::access_log::{AccessLog, LogFormat};
+use twenty_gateway::auth::hash_token;
 use twenty_gateway::cli::{Cli, Command};
 use twenty_gateway::listener::Bound;
-use twenty_gateway::proxy::auth::hash_token;
-use twenty_gateway::state::Gateway;
+use twenty_gateway::runtime::Gateway;
 use twenty_gateway::{config, serve};
 
 fn main() -> ExitCode {
@@ -19,6 +19,11 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(&cli),
         Some(Command::HashKey) => hash_key(),
         Some(Command::GenKey { tenant, id }) => gen_key(tenant, id),
+        Some(Command::Healthcheck {
+            addr,
+            path,
+            timeout,
+        }) => healthcheck(*addr, path, *timeout),
         None => run(&cli),
     }
 }
@@ -30,7 +35,7 @@ fn check(cli: &Cli) -> ExitCode {
                 "{}: OK ({} tenants, {} keys, {} certificates, {} routes)",
                 cli.config.display(),
                 c.tenants.len(),
-                c.keys.keys.len(),
+                c.keys.len(),
                 c.certs.len(),
                 c.routes.routes().len()
             );
@@ -44,6 +49,20 @@ fn check(cli: &Cli) -> ExitCode {
                 "{} error(s); the config was not accepted",
                 errors.errors.len()
             );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn healthcheck(addr: std::net::SocketAddr, path: &str, timeout: std::time::Duration) -> ExitCode {
+    match twenty_gateway::healthcheck::probe(addr, path, timeout) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e @ twenty_gateway::healthcheck::ProbeError::BadPath) => {
+            eprintln!("--path: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
             ExitCode::from(1)
         }
     }

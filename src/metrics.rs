@@ -183,8 +183,8 @@ impl Metrics {
             _ => 4,
         };
         let labels = || RequestLabels {
-            tenant: Name(r.tenant.clone()),
-            route: Name(r.route.clone()),
+            tenant: Name(r.tenant.cloned()),
+            route: Name(r.route.cloned()),
             status_class: STATUS_CLASSES[class],
         };
         match route {
@@ -210,15 +210,15 @@ impl Metrics {
             Outcome::RateLimited => {
                 self.rate_limited
                     .get_or_create(&TenantLabels {
-                        tenant: Name(r.tenant.clone()),
+                        tenant: Name(r.tenant.cloned()),
                     })
                     .inc();
             }
             Outcome::UpstreamError | Outcome::UpstreamTimeout => {
                 self.upstream_errors
                     .get_or_create(&UpstreamLabels {
-                        upstream: Name(r.upstream.clone()),
-                        kind: r.error_kind.unwrap_or("other"),
+                        upstream: Name(r.upstream.cloned()),
+                        kind: r.error_kind.map_or("other", |k| k.as_str()),
                     })
                     .inc();
             }
@@ -274,19 +274,41 @@ mod tests {
 
     use super::*;
 
-    fn record(status: u16) -> AccessRecord {
-        let mut r = AccessRecord::new(
-            http::HeaderValue::from_static("id"),
-            std::net::Ipv4Addr::LOCALHOST.into(),
-            http::Method::GET,
-            String::new(),
-            "HTTP/1.1",
-            Instant::now(),
-        );
-        r.tenant = Some("acme".into());
-        r.route = Some("/rest".into());
-        r.status = status;
-        r
+    struct Names {
+        id: http::HeaderValue,
+        tenant: Arc<str>,
+        route: Arc<str>,
+    }
+
+    fn names() -> Names {
+        Names {
+            id: http::HeaderValue::from_static("id"),
+            tenant: "acme".into(),
+            route: "/rest".into(),
+        }
+    }
+
+    fn record(n: &Names, status: u16) -> AccessRecord<'_> {
+        AccessRecord {
+            request_id: &n.id,
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            method: &http::Method::GET,
+            host: None,
+            path: "",
+            route: Some(&n.route),
+            tenant: Some(&n.tenant),
+            key_id: None,
+            status,
+            outcome: Outcome::Ok,
+            upstream: None,
+            start: Instant::now(),
+            upstream_ms: None,
+            bytes_out: 0,
+            protocol: "HTTP/1.1",
+            user_agent: None,
+            error: None,
+            error_kind: None,
+        }
     }
 
     fn count(text: &str, class: &str) -> Option<String> {
@@ -300,6 +322,8 @@ mod tests {
     #[test]
     fn cached_route_counters_add_to_the_same_series_as_the_family() {
         let m = Metrics::new();
+        let n = names();
+        let record = |status| record(&n, status);
         let first = RouteCounters::default();
         m.observe(&record(200), Some(&first));
         m.observe(&record(200), Some(&first));

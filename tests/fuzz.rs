@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use twenty_gateway::config;
-use twenty_gateway::proxy::host::normalize_host;
-use twenty_gateway::proxy::target::check_path;
+use twenty_gateway::host::normalize_host;
+use twenty_gateway::target::check_path;
 
 const CASES: u32 = 2000;
 

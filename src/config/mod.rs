@@ -1,13 +1,19 @@
-//! `gateway.yaml`: the file ([`raw`]), its checks ([`validate`]) and live reload ([`reload`]).
+//! `gateway.yaml`: the file ([`raw`]) and its checks ([`validate`]), which
+//! compile each part into the table of the step that uses it. Live reload is
+//! the runtime's ([`crate::runtime::reload`]).
 
 pub mod raw;
-pub mod reload;
 pub mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use validate::{Config, Key, Limits, Listen, Rate, Tenant, TenantId, Upstream};
+pub use validate::{Config, Limits, Listen, Tenant, TenantRoute};
+
+pub use crate::auth::Key;
+pub use crate::host::TenantId;
+pub use crate::ratelimit::Rate;
+pub use crate::upstream::Upstream;
 
 /// One problem in the config, located by the path of the field (`keys[3].tenant`)
 /// or, for syntax and unknown-field errors, by line and column.

@@ -61,7 +61,15 @@ pub struct RawRoute {
     pub prefix: String,
     pub upstream: String,
     #[serde(default)]
-    pub auth: Option<bool>,
+    pub auth: Option<RawAuth>,
+}
+
+/// `auth:` as written: `key`, `none`, `twenty_token`, or the older booleans.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAuth {
+    Bool(bool),
+    Name(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +77,7 @@ pub struct RawRoute {
 pub struct RawLimits {
     pub default_rate: Option<RawRate>,
     pub auth_failures_per_ip: Option<RawRate>,
+    pub anonymous_per_ip: Option<RawRate>,
     pub max_request_body: Option<String>,
     pub max_header_bytes: Option<String>,
     pub connect_timeout: Option<String>,

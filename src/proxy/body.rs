@@ -1,9 +1,6 @@
-//! Bodies in both directions, streamed frame by frame, never buffered whole.
-//!
-//! [`RequestBody`] enforces `max_request_body` on the way up, also for
-//! chunked uploads whose size is not announced. [`ResponseBody`] counts the
-//! bytes sent down and writes the access-log line exactly once, when the
-//! body ends, fails, or is dropped (client gone) — the logging phase runs
+//! The response on its way to the client, streamed frame by frame.
+//! [`ResponseBody`] counts the bytes sent down and runs the logging phase
+//! exactly once, when the body ends, fails, or is dropped (client gone) —
 //! whatever happened before it.
 
 use std::pin::Pin;
@@ -12,72 +9,11 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
-use super::ConnInfo;
-use super::upstream::UpstreamBody;
-use crate::access_log::AccessRecord;
-use crate::error::{BoxError, Outcome};
-use crate::metrics::RouteCounters;
-use crate::state::Gateway;
-
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds max_request_body")]
-pub struct BodyTooLarge;
-
-/// The client's body broke off or was malformed (bad chunk framing): the
-/// client's fault, not the upstream's.
-#[derive(Debug, thiserror::Error)]
-#[error("client request body: {0}")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
-
-/// The client's request body on its way upstream, cut off past the limit.
-pub struct RequestBody {
-    inner: Incoming,
-    remaining: u64,
-}
-
-impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
-        RequestBody {
-            inner,
-            remaining: limit,
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > self.remaining {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-                    }
-                    self.remaining -= len;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+use super::ctx::{ConnInfo, Failure, RequestCtx};
+use crate::error::{FailureKind, Outcome};
+use crate::runtime::Gateway;
+use crate::upstream::UpstreamBody;
 
 /// What a response carries: a gateway-made body, or the upstream's stream.
 pub enum Payload {
@@ -100,26 +36,26 @@ impl Payload {
 /// ended, failed or was abandoned, or when the request itself was cancelled
 /// (client reset or disconnect before a response existed).
 pub struct Finish {
-    pub record: AccessRecord,
+    pub ctx: RequestCtx,
     pub gateway: Arc<Gateway>,
     pub log: bool,
-    pub in_flight: InFlight,
-    /// The request counters of the tenant route, once the pipeline knows it.
-    pub counters: Option<Arc<RouteCounters>>,
+    /// `None` for refusals of the HTTP/1 codec, which never were in flight.
+    pub in_flight: Option<InFlight>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        if self.record.status == 0 {
+        if self.ctx.status == 0 {
             // No response was ever produced: the client went away first.
-            self.record.status = 499;
-            self.record.outcome = Outcome::ClientClosed;
+            self.ctx.status = 499;
+            self.ctx.outcome = Outcome::ClientClosed;
         }
+        let record = self.ctx.record();
         self.gateway
             .metrics
-            .observe(&self.record, self.counters.as_deref());
+            .observe(&record, self.ctx.counters.as_deref());
         if self.log {
-            self.gateway.access_log.write(&self.record);
+            self.gateway.access_log.write(&record);
         }
     }
 }
@@ -156,7 +92,7 @@ impl ResponseBody {
 
     fn count(&mut self, n: usize) {
         if let Some(f) = self.finish.as_mut() {
-            f.record.bytes_out += n as u64;
+            f.ctx.bytes_out += n as u64;
         }
     }
 
@@ -188,9 +124,11 @@ impl Body for ResponseBody {
             }
             Some(Err(e)) => {
                 if let Some(f) = this.finish.as_mut() {
-                    f.record.outcome = Outcome::UpstreamError;
-                    f.record.error = Some(format!("upstream body: {e}"));
-                    f.record.error_kind = Some("body");
+                    f.ctx.outcome = Outcome::UpstreamError;
+                    f.ctx.failure = Failure {
+                        detail: Some(format!("upstream body: {e}")),
+                        kind: Some(FailureKind::Body),
+                    };
                 }
                 this.done();
                 Poll::Ready(Some(Err(e)))

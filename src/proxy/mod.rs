@@ -1,123 +1,28 @@
-//! Request handling. [`handle`] is the outer shell: it creates the per-request
-//! context, runs the [`pipeline`], turns any error into its JSON response and
-//! hands the access record to the response body, which writes the log line
-//! when the response is over — whatever happened on the way.
+//! Request handling. [`handle`] is the outer shell: it creates the request's
+//! context ([`ctx::RequestCtx`]), runs the [`pipeline`], turns any error into
+//! its JSON response and hands the context to the response body, whose
+//! logging phase ([`body::Finish`]) writes the log line and the metrics when
+//! the response is over — whatever happened on the way.
 
-pub mod auth;
 pub mod body;
-pub mod host;
+pub mod ctx;
 pub mod pipeline;
-pub mod ratelimit;
-pub mod route;
-pub mod target;
-pub mod upstream;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderName, HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use ipnet::IpNet;
 
 use self::body::{Finish, InFlight, Payload, ResponseBody};
-use self::upstream::{X_FORWARDED_FOR, X_REQUEST_ID};
-use crate::access_log::{AccessRecord, clip};
-use crate::conn::Activity;
-use crate::error::{ErrorShape, GatewayError};
-use crate::state::Gateway;
-use crate::tls::LoadedCert;
-
-static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// What a connection knows about itself, shared by its requests.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The peer's address as a header value, made once per connection: the
-    /// `X-Forwarded-For` of every request that arrives without one.
-    pub peer_header: HeaderValue,
-    pub tls: Option<TlsInfo>,
-    pub activity: Activity,
-}
-
-#[derive(Debug)]
-pub struct TlsInfo {
-    pub sni: Option<String>,
-    /// The certificate served on this connection (for 421).
-    pub cert: Option<Arc<LoadedCert>>,
-}
-
-/// Per-request state filled in by the pipeline. Its `finish` logs the
-/// request when dropped, whichever way the request ends.
-pub struct Ctx {
-    pub finish: Box<Finish>,
-    pub rate_headers: Option<(HeaderValue, HeaderValue)>,
-}
-
-/// A client-sent request id is kept if sane: 1–128 visible ASCII characters.
-fn sane_request_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
-    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c))
-}
-
-/// 32 random hex characters.
-pub fn new_request_id() -> HeaderValue {
-    let mut hex = [0u8; 32];
-    // Cannot fail: the buffer is exactly twice the input's length.
-    let _ = hex::encode_to_slice(rand::random::<[u8; 16]>(), &mut hex);
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
-
-impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: Option<TlsInfo>) -> Self {
-        ConnInfo {
-            peer,
-            peer_header: peer_header(peer.ip()),
-            tls,
-            activity: Activity::default(),
-        }
-    }
-}
-
-/// An address as a header value (digits, dots, colons, hex: always valid).
-pub fn peer_header(ip: IpAddr) -> HeaderValue {
-    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// The client's address: the TCP peer, unless the peer is a trusted proxy —
-/// then the right-most `X-Forwarded-For` entry that is not one.
-fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if trusted.is_empty() || !is_trusted(&peer) {
-        return peer;
-    }
-    let values: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-        match entry.trim().parse::<IpAddr>() {
-            Ok(ip) if !is_trusted(&ip) => return ip,
-            Ok(_) => continue,
-            // Garbage in the chain: stop believing it.
-            Err(_) => return peer,
-        }
-    }
-    peer
-}
-
-fn protocol(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_09 => "HTTP/0.9",
-        _ => "HTTP/1.1",
-    }
-}
+pub use self::ctx::{ConnInfo, RequestCtx, TlsInfo, peer_header};
+use crate::access_log::clip;
+use crate::base::headers::{RATELIMIT, RATELIMIT_POLICY, X_REQUEST_ID};
+use crate::base::request_id;
+use crate::codec_errors::CodecRefusal;
+use crate::error::ErrorShape;
+use crate::runtime::Gateway;
 
 /// Serve one request: run the pipeline, answer errors as JSON, log once.
 pub async fn handle(
@@ -131,74 +36,77 @@ pub async fn handle(
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
-        .filter(|v| sane_request_id(v))
+        .filter(|v| request_id::sane(v))
         .cloned()
-        .unwrap_or_else(new_request_id);
+        .unwrap_or_else(request_id::new_request_id);
     let shape = ErrorShape::for_path(req.uri().path());
     // The path and user agent are copied only for the access log line;
     // metrics need neither.
     let log = snap.config.access_log;
-    let mut ctx = Ctx {
-        finish: Box::new(Finish {
-            gateway: gw.clone(),
-            log,
-            in_flight: InFlight::new(conn.clone()),
-            counters: None,
-            record: AccessRecord {
-                user_agent: req
-                    .headers()
-                    .get(http::header::USER_AGENT)
-                    .filter(|_| log)
-                    .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())).to_string()),
-                ..AccessRecord::new(
-                    request_id,
-                    client_ip(conn.peer.ip(), req.headers(), &snap.config.trusted_proxies),
-                    req.method().clone(),
-                    if log {
-                        req.uri().path().to_string()
-                    } else {
-                        String::new()
-                    },
-                    protocol(req.version()),
-                    start,
-                )
-            },
-        }),
-        rate_headers: None,
-    };
+    let mut ctx = RequestCtx::new(
+        request_id,
+        ctx::client_ip(conn.peer.ip(), req.headers(), &snap.config.trusted_proxies),
+        req.method().clone(),
+        if log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        },
+        ctx::protocol(req.version()),
+        start,
+    );
+    if log {
+        ctx.user_agent = req
+            .headers()
+            .get(http::header::USER_AGENT)
+            .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())).to_string());
+    }
+    let mut finish = Box::new(Finish {
+        ctx,
+        gateway: gw.clone(),
+        log,
+        in_flight: Some(InFlight::new(conn.clone())),
+    });
 
-    let result = pipeline::run(&gw, &snap, &conn, req, &mut ctx).await;
+    let result = pipeline::run(&gw, &snap, &conn, req, &mut finish.ctx).await;
+    let ctx = &mut finish.ctx;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            ctx.finish.record.outcome = e.outcome();
-            ctx.finish.record.error_kind = match &e {
-                GatewayError::Upstream { kind, .. } => Some(kind.as_str()),
-                GatewayError::UpstreamTimeout => Some("timeout"),
-                _ => None,
-            };
-            if ctx.finish.record.error.is_none() {
-                let mut detail = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    detail.push_str(": ");
-                    detail.push_str(&s.to_string());
-                    source = s.source();
-                }
-                ctx.finish.record.error = Some(detail);
-            }
-            e.to_response(shape, ctx.finish.record.request_id())
+            ctx.fail(&e);
+            e.to_response(shape, request_id::as_str(&ctx.request_id))
                 .map(Payload::full)
         }
     };
-    ctx.finish.record.status = resp.status().as_u16();
-    stamp_response(
-        resp.headers_mut(),
-        &ctx.finish.record.request_id,
-        ctx.rate_headers,
-    );
-    let finish = ctx.finish;
+    ctx.status = resp.status().as_u16();
+    stamp_response(resp.headers_mut(), &ctx.request_id, ctx.rate_headers.take());
     Ok(resp.map(|payload| ResponseBody::new(payload, finish)))
+}
+
+/// Report a request the HTTP/1 codec refused (see [`crate::codec_errors`])
+/// through the same logging phase as every other request.
+pub fn codec_refused(gw: &Arc<Gateway>, peer: std::net::SocketAddr, refusal: CodecRefusal) {
+    let mut ctx = RequestCtx::new(
+        refusal.request_id,
+        peer.ip(),
+        http::Method::from_bytes(b"-").unwrap_or_default(),
+        String::new(),
+        "HTTP/1.1",
+        Instant::now(),
+    );
+    ctx.status = refusal.error.status().as_u16();
+    ctx.bytes_out = refusal.body_len as u64;
+    ctx.fail(&refusal.error);
+    ctx.failure.detail = Some(format!(
+        "request refused by the HTTP/1 parser: {}",
+        refusal.error.public_message()
+    ));
+    drop(Finish {
+        ctx,
+        gateway: gw.clone(),
+        log: gw.current().config.access_log,
+        in_flight: None,
+    });
 }
 
 /// The gateway's own response headers. The request id and the rate-limit
@@ -223,9 +131,16 @@ fn stamp_response(
     }
 }
 
+/// Map a result's error into the context (for steps that record their own
+/// detail before failing).
+pub(crate) fn with_detail(ctx: &mut RequestCtx, detail: String) {
+    ctx.failure.detail = Some(detail);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::GatewayError;
 
     #[test]
     fn per_response_headers_are_never_indexed_and_the_policy_is() {
@@ -242,30 +157,20 @@ mod tests {
     }
 
     #[test]
-    fn request_ids() {
-        assert!(sane_request_id(&HeaderValue::from_static("abc-123")));
-        assert!(!sane_request_id(&HeaderValue::from_static("a b")));
-        assert!(!sane_request_id(&HeaderValue::from_static("")));
-        let long = "x".repeat(129);
-        assert!(!sane_request_id(&HeaderValue::from_str(&long).unwrap()));
-        assert_eq!(new_request_id().len(), 32);
-    }
-
-    #[test]
-    fn client_ip_from_trusted_chain() {
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            X_FORWARDED_FOR.clone(),
-            HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.0.0.2"),
+    fn errors_fill_the_context_once() {
+        let mut ctx = RequestCtx::new(
+            HeaderValue::from_static("id"),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            http::Method::GET,
+            String::new(),
+            "HTTP/1.1",
+            Instant::now(),
         );
-        let lb: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(
-            client_ip(lb, &h, &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
-        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
-        assert_eq!(client_ip(lb, &h, &[]), lb);
+        with_detail(&mut ctx, "braked".into());
+        ctx.fail(&GatewayError::UpstreamTimeout);
+        let r = ctx.record();
+        assert_eq!(r.outcome.as_str(), "upstream_timeout");
+        assert_eq!(r.error, Some("braked"));
+        assert_eq!(r.error_kind.map(|k| k.as_str()), Some("timeout"));
     }
 }

@@ -1,42 +1,139 @@
-//! The straight line a request walks. Each step says why it sits where it
-//! does; SPEC's order is: target (400) → 421 → host (404) → route (404) →
-//! authentication → rate limits → upstream. A cheaper or more specific
-//! rejection never waits behind a later one.
+//! The straight line a request walks: one call per step, each a function of
+//! what it needs (testable without a socket), each saying why it sits where
+//! it does. SPEC's order is: target (400) → 421 → host (404) → route (404)
+//! → authentication → rate limits → permission → upstream. A cheaper or more
+//! specific rejection never waits behind a later one.
 
 use std::time::{Instant, SystemTime};
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use super::body::{Payload, RequestBody};
-use super::ratelimit::{Decision, state_field};
-use super::upstream::{Forwarding, is_websocket_upgrade, rewrite_request, rewrite_response};
-use super::{ConnInfo, Ctx, auth, host, target};
+use super::body::Payload;
+use super::ctx::{ConnInfo, RequestCtx};
+use crate::auth::{self, Refused};
 use crate::error::{BadRequest, GatewayError};
-use crate::state::{Gateway, Snapshot};
+use crate::host::{self, RequestHost};
+use crate::ratelimit::{self, AuthBrake, Checked, state_field};
+use crate::route::RouteAuth;
+use crate::runtime::{Gateway, KeyEntry, RouteEntry, Snapshot, TenantEntry};
+use crate::upstream::{self, Forwarding, RequestBody};
+use crate::{permission, target};
 
 pub async fn run(
     gw: &Gateway,
     snap: &Snapshot,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    ctx: &mut Ctx,
+    ctx: &mut RequestCtx,
 ) -> Result<Response<Payload>, GatewayError> {
-    let cfg = &snap.config;
+    // 1. The head alone: size, target, method, framing. Nothing below may
+    //    look at a path an upstream could read differently.
+    check_head(&req, snap.config.limits.max_header_bytes)?;
+    let (mut parts, body) = req.into_parts();
 
-    // 0. An HTTP/2 header list over `max_header_bytes`. HTTP/1 heads never
-    //    get here that big (hyper's parser refuses them; codec_errors gives
-    //    that 431 a JSON body); the h2 codec is allowed twice the limit
-    //    (conn.rs) so that lists in between get this JSON 431 instead of the
-    //    h2 crate's bodiless one.
-    if req.version() == http::Version::HTTP_2
-        && h2_field_list_size(&req) > cfg.limits.max_header_bytes
-    {
-        return Err(GatewayError::HeadersTooLarge);
+    // 2. The host, malformed → 400; then 421 before the tenant lookup: a
+    //    connection whose certificate does not cover this host must not be
+    //    used for it, whether or not we know the host.
+    let host = host::request_host(&parts).map_err(GatewayError::BadRequest)?;
+    ctx.host = Some(host.name.clone());
+    check_coverage(conn, &host)?;
+
+    // 3. Tenant from the host, then route from the path: both are cheap map
+    //    lookups that need no credentials.
+    let (tenant, route) = select(snap, &host, parts.uri.path(), ctx)?;
+
+    // 4. Authentication, on routes that want a key (the brake first: a
+    //    braked client is refused before we spend a hash on its guess).
+    let key = match route.route.auth {
+        RouteAuth::Key => {
+            let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx)?;
+
+            // 5. Rate limits: the key's own, then the tenant's shared one.
+            //    Only authenticated requests count, so a stranger cannot
+            //    drain a tenant's quota.
+            let checked = ratelimit::check_local(key.limit.as_ref(), tenant.limit.as_ref());
+            apply_limits(key, &checked, ctx)?;
+
+            // 6. Permission: what this key may do on this route. After the
+            //    limits, so a refused attempt uses quota like any other.
+            permission::check(&key.key, &route.route, &parts)?;
+            Some(key)
+        }
+        // 4'. Routes without a gateway key: every request (refusals too)
+        //     counts against the client's anonymous budget first, so open
+        //     routes cannot be used to flood Twenty.
+        open => {
+            open_route(snap, open, parts.uri.query(), ctx)?;
+            None
+        }
+    };
+
+    // 7. A body announced larger than allowed is refused before we open an
+    //    upstream exchange; unannounced (chunked) ones are cut while
+    //    streaming.
+    let max_body = snap.config.limits.max_request_body;
+    if http_body::Body::size_hint(&body).lower() > max_body {
+        return Err(GatewayError::PayloadTooLarge);
     }
 
-    // 1. The target first: nothing below may look at a path an upstream
-    //    could read differently (dot segments, encoded slashes, ...).
+    // 8. Upstream.
+    let websocket = upstream::is_websocket_upgrade(parts.version, &parts.headers);
+    // The upgrade future must be taken before the request is consumed.
+    let client_upgrade = websocket.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    upstream::rewrite_request(
+        &mut parts,
+        &Forwarding {
+            client_ip: ctx.client_ip,
+            // The usual case (no trusted proxy in front): made once per connection.
+            client_ip_header: (ctx.client_ip == conn.peer.ip()).then_some(&conn.peer_header),
+            proto: if conn.tls.is_some() { "https" } else { "http" },
+            host: &host.raw,
+            request_id: &ctx.request_id,
+            tenant: &tenant.tenant.header,
+            key_id: key.map(|k| &k.key.header),
+            // The tenant's Twenty token only for requests with a gateway
+            // key: on open routes it would be Twenty's key for anyone.
+            authorization: key.and(tenant.tenant.upstream_authorization.as_ref()),
+            websocket,
+        },
+    )?;
+    let upstream_req = Request::from_parts(parts, RequestBody::new(body, max_body));
+    let pool = route
+        .target
+        .choose()
+        .ok_or_else(|| GatewayError::Internal("upstream without servers".into()))?;
+    let started = Instant::now();
+    let sent = gw
+        .registry
+        .upstream()
+        .send(pool, upstream_req, snap.config.limits.upstream_timeout)
+        .await;
+    ctx.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    let mut resp = sent?;
+    upstream::rewrite_response(&mut resp);
+    if websocket && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // Tunnel only once the upstream has agreed to switch.
+        let Some(client) = client_upgrade.flatten() else {
+            return Err(GatewayError::BadRequest(BadRequest::Framing));
+        };
+        let upstream_io = hyper::upgrade::on(&mut resp);
+        upstream::spawn_tunnel(client, upstream_io);
+        return Ok(resp.map(|_| Payload::empty()));
+    }
+    Ok(resp.map(Payload::Stream))
+}
+
+/// Step 1: what the request head alone can be refused for.
+pub fn check_head<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), GatewayError> {
+    // An HTTP/2 header list over `max_header_bytes`. HTTP/1 heads never get
+    // here that big (hyper's parser refuses them; codec_errors gives that
+    // 431 a JSON body); the h2 codec is allowed twice the limit (conn.rs) so
+    // that lists in between get this JSON 431 instead of the h2 crate's
+    // bodiless one.
+    if req.version() == http::Version::HTTP_2 && h2_field_list_size(req) > max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge);
+    }
     target::check_path(req.uri().path()).map_err(GatewayError::BadRequest)?;
     // CONNECT asks for a tunnel to an authority, not a resource under a
     // route; forwarding it would hand Twenty something other than the path
@@ -44,168 +141,114 @@ pub async fn run(
     if req.method() == http::Method::CONNECT {
         return Err(GatewayError::BadRequest(BadRequest::Method));
     }
-
-    // 1b. Framing hyper accepts but we won't forward: any transfer coding
-    //     other than plain `chunked` (hyper decodes only the chunking, so
-    //     `gzip, chunked` would reach Twenty as bytes with no coding).
+    // Framing hyper accepts but we won't forward: any transfer coding other
+    // than plain `chunked` (hyper decodes only the chunking, so `gzip,
+    // chunked` would reach Twenty as bytes with no coding).
     if req.headers().contains_key(http::header::TRANSFER_ENCODING) && !only_chunked(req.headers()) {
         return Err(GatewayError::BadRequest(BadRequest::Framing));
     }
-
-    // 2. The host, malformed → 400; then 421 before the tenant lookup: a
-    //    connection whose certificate does not cover this host must not be
-    //    used for it, whether or not we know the host.
-    let (mut parts, body) = req.into_parts();
-    let host = host::request_host(&parts).map_err(GatewayError::BadRequest)?;
-    ctx.finish.record.host = Some(host.name.clone());
-    if let Some(tls) = &conn.tls
-        && tls.sni.is_some()
-        && tls.cert.as_ref().is_some_and(|c| !c.covers(&host.name))
-    {
-        return Err(GatewayError::Misdirected);
-    }
-
-    // 3. Tenant from the host, then route from the path: both are cheap map
-    //    lookups that need no credentials.
-    let tenant_id = cfg
-        .hosts
-        .lookup(&host.name)
-        .ok_or(GatewayError::UnknownHost)?;
-    let tenant = &cfg.tenants[tenant_id];
-    ctx.finish.record.tenant = Some(tenant.name.clone());
-    let (route_idx, route) = cfg
-        .routes
-        .lookup(parts.uri.path())
-        .ok_or(GatewayError::NoRoute)?;
-    ctx.finish.record.route = Some(route.prefix.clone());
-    let tenant_route = &snap.routes[tenant_id][route_idx];
-    ctx.finish.counters = Some(tenant_route.counters.clone());
-    let upstream = &tenant.route_upstreams[route_idx];
-    ctx.finish.record.upstream = Some(upstream.name.clone());
-
-    // 4. Authentication, on routes that want it. The brake comes first: a
-    //    braked client is refused before we spend a hash on its guess.
-    let mut key_id = None;
-    if route.auth {
-        if let Some(brake) = &snap.brake
-            && let Some(retry_after) = brake.blocked_for(ctx.finish.record.client_ip)
-        {
-            return Err(GatewayError::AuthThrottled { retry_after });
-        }
-        let authenticated =
-            auth::authenticate(&cfg.keys, &parts.headers, tenant_id, SystemTime::now());
-        let (key_idx, key) = match authenticated {
-            Ok(found) => found,
-            Err(refused) => {
-                ctx.finish.record.key_id = refused.key.map(|k| k.id.clone());
-                let e = refused.error;
-                // Guesses count toward the brake; a missing key or a valid
-                // key on the wrong tenant does not.
-                if matches!(
-                    e,
-                    GatewayError::InvalidKey | GatewayError::ExpiredKey | GatewayError::RevokedKey
-                ) && let Some(brake) = &snap.brake
-                    && let Some(retry_after) = brake.record_failure(ctx.finish.record.client_ip)
-                {
-                    ctx.finish.record.error = Some(format!("{e}; client now braked"));
-                    return Err(GatewayError::AuthThrottled { retry_after });
-                }
-                return Err(e);
-            }
-        };
-        ctx.finish.record.key_id = Some(key.id.clone());
-        key_id = Some(&key.header);
-
-        // 5. Rate limits: the key's own, then the tenant's shared one. Only
-        //    authenticated requests count, so a stranger cannot drain a
-        //    tenant's quota.
-        let mut checked: [(&str, Option<Decision>); 2] = [("key", None), ("tenant", None)];
-        let mut denied = None;
-        if let Some(l) = &snap.key_limiters[key_idx] {
-            let d = l.check();
-            checked[0].1 = Some(d);
-            if let Decision::Denied { retry_after, .. } = d {
-                denied = Some(retry_after);
-            }
-        }
-        if denied.is_none()
-            && let Some(l) = &snap.tenant_limiters[tenant_id]
-        {
-            let d = l.check();
-            checked[1].1 = Some(d);
-            if let Decision::Denied { retry_after, .. } = d {
-                denied = Some(retry_after);
-            }
-        }
-        if let Some(policy) = &snap.key_policies[key_idx] {
-            ctx.rate_headers = Some((
-                policy.clone(),
-                HeaderValue::try_from(state_field(&checked))
-                    .map_err(|e| GatewayError::Internal(e.into()))?,
-            ));
-        }
-        if let Some(retry_after) = denied {
-            return Err(GatewayError::RateLimited { retry_after });
-        }
-    }
-
-    // 6. A body announced larger than allowed is refused before we open an
-    //    upstream exchange; unannounced (chunked) ones are cut while streaming.
-    let max_body = cfg.limits.max_request_body;
-    if http_body::Body::size_hint(&body).lower() > max_body {
-        return Err(GatewayError::PayloadTooLarge);
-    }
-
-    // 7. Upstream. The WebSocket upgrade future must be taken from the
-    //    client's request before it is consumed.
-    let websocket = is_websocket_upgrade(parts.version, &parts.headers);
-    let client_upgrade = websocket.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-    rewrite_request(
-        &mut parts,
-        &Forwarding {
-            client_ip: ctx.finish.record.client_ip,
-            // The usual case (no trusted proxy in front): made once per connection.
-            client_ip_header: (ctx.finish.record.client_ip == conn.peer.ip())
-                .then_some(&conn.peer_header),
-            proto: if conn.tls.is_some() { "https" } else { "http" },
-            host: &host.raw,
-            request_id: &ctx.finish.record.request_id,
-            tenant: &tenant.header,
-            key_id,
-            authorization: tenant.upstream_authorization.as_ref(),
-            websocket,
-        },
-    )?;
-    let upstream_req = Request::from_parts(parts, RequestBody::new(body, max_body));
-    let started = Instant::now();
-    let sent = gw
-        .upstream
-        .send(
-            &tenant_route.pool,
-            upstream_req,
-            cfg.limits.upstream_timeout,
-        )
-        .await;
-    ctx.finish.record.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    let mut resp = sent?;
-    rewrite_response(&mut resp);
-    if websocket && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        // Tunnel only once the upstream has agreed to switch.
-        match client_upgrade.flatten() {
-            Some(client) => {
-                let upstream_io = hyper::upgrade::on(&mut resp);
-                super::upstream::spawn_tunnel(client, upstream_io);
-            }
-            None => {
-                return Err(GatewayError::BadRequest(BadRequest::Framing));
-            }
-        }
-        return Ok(resp.map(|_| Payload::empty()));
-    }
-    Ok(resp.map(Payload::Stream))
+    Ok(())
 }
 
-fn only_chunked(headers: &http::HeaderMap) -> bool {
+/// Step 2b: 421 when the connection's certificate does not cover the host.
+pub fn check_coverage(conn: &ConnInfo, host: &RequestHost) -> Result<(), GatewayError> {
+    match &conn.tls {
+        Some(tls)
+            if tls.sni.is_some() && tls.cert.as_ref().is_some_and(|c| !c.covers(&host.name)) =>
+        {
+            Err(GatewayError::Misdirected)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Step 3: the tenant of the host and its route for the path.
+pub fn select<'s>(
+    snap: &'s Snapshot,
+    host: &RequestHost,
+    path: &str,
+    ctx: &mut RequestCtx,
+) -> Result<(&'s TenantEntry, &'s RouteEntry), GatewayError> {
+    let tenant = snap.tenant(&host.name).ok_or(GatewayError::UnknownHost)?;
+    ctx.tenant = Some(tenant.tenant.name.clone());
+    let route = tenant.routes.lookup(path).ok_or(GatewayError::NoRoute)?;
+    ctx.route = Some(route.route.prefix.clone());
+    ctx.counters = Some(route.counters.clone());
+    ctx.upstream = Some(route.target.name.clone());
+    Ok((tenant, route))
+}
+
+/// Step 4: the brake, then the key. Guesses count toward the brake.
+pub fn authenticate<'s>(
+    snap: &'s Snapshot,
+    tenant: &TenantEntry,
+    headers: &HeaderMap,
+    now: SystemTime,
+    ctx: &mut RequestCtx,
+) -> Result<&'s KeyEntry, GatewayError> {
+    let brake: Option<&AuthBrake> = snap.brake.as_deref();
+    if let Some(retry_after) = brake.and_then(|b| b.blocked_for(ctx.client_ip)) {
+        return Err(GatewayError::AuthThrottled { retry_after });
+    }
+    match auth::authenticate(&snap.keys, headers, tenant.id, now) {
+        Ok(key) => {
+            ctx.key_id = Some(key.key.id.clone());
+            Ok(key)
+        }
+        Err(refused) => {
+            ctx.key_id = refused.key.map(|k| k.id.clone());
+            let guess = refused.is_guess();
+            let Refused { error, .. } = refused;
+            if guess && let Some(retry_after) = brake.and_then(|b| b.record_failure(ctx.client_ip))
+            {
+                super::with_detail(ctx, format!("{error}; client now braked"));
+                return Err(GatewayError::AuthThrottled { retry_after });
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Step 4': a route without a gateway key — the client's anonymous budget,
+/// then (on `twenty_token` routes) Twenty's token in the query.
+pub fn open_route(
+    snap: &Snapshot,
+    auth: RouteAuth,
+    query: Option<&str>,
+    ctx: &RequestCtx,
+) -> Result<(), GatewayError> {
+    if let Some(limit) = &snap.anonymous
+        && let Err(retry_after) = limit.check(ctx.client_ip)
+    {
+        return Err(GatewayError::RateLimited { retry_after });
+    }
+    if auth == RouteAuth::TwentyToken && !auth::has_twenty_token(query) {
+        return Err(GatewayError::MissingToken);
+    }
+    Ok(())
+}
+
+/// Step 5: the `RateLimit` fields for the response, and 429 if a limit
+/// refused.
+pub fn apply_limits(
+    key: &KeyEntry,
+    checked: &Checked,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    if let Some(policy) = &key.policy {
+        let state = state_field(&[("key", checked[0]), ("tenant", checked[1])]);
+        ctx.rate_headers = Some((
+            policy.clone(),
+            HeaderValue::try_from(state).map_err(|e| GatewayError::Internal(e.into()))?,
+        ));
+    }
+    match ratelimit::denied(checked) {
+        Some(retry_after) => Err(GatewayError::RateLimited { retry_after }),
+        None => Ok(()),
+    }
+}
+
+fn only_chunked(headers: &HeaderMap) -> bool {
     let mut codings = headers
         .get_all(http::header::TRANSFER_ENCODING)
         .iter()
@@ -255,5 +298,24 @@ mod tests {
         // :method GET, :path /rest/people, :scheme https, :authority acme.localhost, x: y
         let want = (7 + 3 + 32) + (5 + 12 + 32) + (7 + 5 + 32) + (10 + 14 + 32) + (1 + 1 + 32);
         assert_eq!(h2_field_list_size(&req), want);
+    }
+
+    #[test]
+    fn head_checks() {
+        let ok = Request::get("/rest/people").body(()).expect("request");
+        assert!(check_head(&ok, 16 << 10).is_ok());
+        let dots = Request::get("/rest/../x").body(()).expect("request");
+        assert!(matches!(
+            check_head(&dots, 16 << 10),
+            Err(GatewayError::BadRequest(BadRequest::DotSegment))
+        ));
+        let gz = Request::post("/rest")
+            .header("transfer-encoding", "gzip, chunked")
+            .body(())
+            .expect("request");
+        assert!(matches!(
+            check_head(&gz, 16 << 10),
+            Err(GatewayError::BadRequest(BadRequest::Framing))
+        ));
     }
 }

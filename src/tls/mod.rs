@@ -1,21 +1,21 @@
-//! TLS termination: certificates loaded at validation, chosen per handshake by
-//! SNI from the *current* config snapshot (so a reload adds names without a
-//! restart), and the coverage check behind 421.
+//! TLS termination: certificates ([`LoadedCert`], loaded at validation so a
+//! bad file fails the reload, not traffic), the per-config [`CertStore`],
+//! and in [`resolver`] the SNI resolver that asks the certificate sources on
+//! every handshake.
+
+pub mod resolver;
+
+pub use resolver::{CertSource, Certificates, server_config};
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, version};
-
-use crate::state::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -122,6 +122,11 @@ impl LoadedCert {
     }
 }
 
+/// An SNI name as the stores index it: lowercase, no trailing dot.
+pub fn normalize_sni(sni: &str) -> String {
+    sni.trim_end_matches('.').to_ascii_lowercase()
+}
+
 fn san_dns_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) =
@@ -162,19 +167,30 @@ impl CertStore {
         store
     }
 
+    /// The certificate whose SAN names `name` (normalised): exact, then
+    /// wildcard.
+    pub fn find(&self, name: &str) -> Option<&Arc<LoadedCert>> {
+        self.exact
+            .get(name)
+            .or_else(|| {
+                name.split_once('.')
+                    .and_then(|(_, parent)| self.wildcard.get(parent))
+            })
+            .and_then(|i| self.certs.get(*i))
+    }
+
+    /// The first configured certificate: for clients that send no SNI or
+    /// one no certificate covers.
+    pub fn default_cert(&self) -> Option<&Arc<LoadedCert>> {
+        self.certs.first()
+    }
+
     /// The certificate for an SNI name: exact SAN, then wildcard, then the
     /// first certificate (also for clients that send no SNI).
     pub fn select(&self, sni: Option<&str>) -> Option<&Arc<LoadedCert>> {
-        let idx = sni
-            .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
-            .and_then(|s| {
-                self.exact.get(&s).copied().or_else(|| {
-                    s.split_once('.')
-                        .and_then(|(_, parent)| self.wildcard.get(parent).copied())
-                })
-            })
-            .unwrap_or(0);
-        self.certs.get(idx)
+        sni.map(normalize_sni)
+            .and_then(|s| self.find(&s))
+            .or_else(|| self.default_cert())
     }
 
     pub fn len(&self) -> usize {
@@ -184,65 +200,4 @@ impl CertStore {
     pub fn is_empty(&self) -> bool {
         self.certs.is_empty()
     }
-}
-
-/// rustls certificate resolver reading the live snapshot on every handshake.
-pub struct SniResolver {
-    snapshot: Arc<ArcSwap<Snapshot>>,
-}
-
-impl fmt::Debug for SniResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SniResolver")
-    }
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let snap = self.snapshot.load();
-        snap.config
-            .certs
-            .select(hello.server_name())
-            .map(|c| c.key.clone())
-    }
-}
-
-/// Server cipher-suite preference (Mozilla's "intermediate" order): AES-128-GCM
-/// first. Its TLS 1.3 key schedule runs on SHA-256, which has hardware support
-/// (SHA-NI); the provider's default AES-256-GCM-SHA384 spends ~16 % of a
-/// new-connection workload in software SHA-512 (profiled), and AES-128 also
-/// moves bulk data with fewer rounds. All suites are AEAD with forward secrecy.
-static CIPHER_SUITES: &[rustls::SupportedCipherSuite] = {
-    use rustls::crypto::aws_lc_rs::cipher_suite::*;
-    &[
-        TLS13_AES_128_GCM_SHA256,
-        TLS13_AES_256_GCM_SHA384,
-        TLS13_CHACHA20_POLY1305_SHA256,
-        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-        TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-    ]
-};
-
-/// The server's rustls config: TLS 1.2 and 1.3 only, ALPN h2 + http/1.1,
-/// stateless session tickets so returning clients skip the full handshake.
-pub fn server_config(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::CryptoProvider {
-        cipher_suites: CIPHER_SUITES.to_vec(),
-        ..aws_lc_rs::default_provider()
-    });
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { snapshot }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.ticketer = aws_lc_rs::Ticketer::new()?;
-    // One ticket is enough to resume; rustls' default of two doubles the
-    // ticket work on every full handshake.
-    config.send_tls13_tickets = 1;
-    config.ignore_client_order = true;
-    Ok(Arc::new(config))
 }

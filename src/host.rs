@@ -1,10 +1,74 @@
 //! Host resolution: `Host` (HTTP/1.1) or `:authority` (HTTP/2), lowercased,
 //! port and trailing dot removed, and refused when malformed or ambiguous.
 
+use std::collections::HashMap;
+
 use http::request::Parts;
 use http::{HeaderValue, Version, header::HOST};
 
 use crate::error::BadRequest;
+
+/// Index of a tenant in the config's tenant list.
+pub type TenantId = usize;
+
+/// Host → tenant: exact custom domains, then `<label>.<base_domain>`. The
+/// config's table maps to [`TenantId`]s; the runtime compiles it into one
+/// that maps straight to each tenant's entry ([`HostTable::map`]).
+#[derive(Debug)]
+pub struct HostTable<V = TenantId> {
+    pub domains: HashMap<String, V>,
+    pub base_domains: Vec<String>,
+    pub subdomains: HashMap<String, V>,
+}
+
+impl<V> Default for HostTable<V> {
+    fn default() -> Self {
+        HostTable {
+            domains: HashMap::new(),
+            base_domains: Vec::new(),
+            subdomains: HashMap::new(),
+        }
+    }
+}
+
+impl<V> HostTable<V> {
+    /// `host` is already normalised (lowercase, no port, no trailing dot).
+    pub fn lookup(&self, host: &str) -> Option<&V> {
+        if let Some(t) = self.domains.get(host) {
+            return Some(t);
+        }
+        for base in &self.base_domains {
+            let Some(label) = host
+                .strip_suffix(base.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+            else {
+                continue;
+            };
+            if !label.is_empty()
+                && !label.contains('.')
+                && let Some(t) = self.subdomains.get(label)
+            {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// The same table with every value replaced by `f(value)`; hosts whose
+    /// value maps to `None` are left out.
+    pub fn filter_map<U>(&self, mut f: impl FnMut(&V) -> Option<U>) -> HostTable<U> {
+        let mut map = |m: &HashMap<String, V>| -> HashMap<String, U> {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), f(v)?)))
+                .collect()
+        };
+        HostTable {
+            domains: map(&self.domains),
+            base_domains: self.base_domains.clone(),
+            subdomains: map(&self.subdomains),
+        }
+    }
+}
 
 /// Normalise a host (with optional port): lowercase, no port, no trailing
 /// dot. `None` if it is not a plausible DNS name or IP literal.
@@ -136,5 +200,19 @@ mod tests {
         ] {
             assert_eq!(normalize_host(h), None, "{h:?}");
         }
+    }
+
+    #[test]
+    fn host_table_single_label_only() {
+        let mut t: HostTable = HostTable::default();
+        t.base_domains.push("localhost".into());
+        t.subdomains.insert("acme".into(), 0);
+        t.domains.insert("crm.acme.test".into(), 1);
+        assert_eq!(t.lookup("acme.localhost"), Some(&0));
+        assert_eq!(t.lookup("crm.acme.test"), Some(&1));
+        assert_eq!(t.lookup("x.acme.localhost"), None);
+        assert_eq!(t.lookup("localhost"), None);
+        assert_eq!(t.lookup(".localhost"), None);
+        assert_eq!(t.lookup("acmelocalhost"), None);
     }
 }

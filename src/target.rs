@@ -3,16 +3,8 @@
 //! differently (dot segments, `//`, encoded separators, NUL, bad escapes) is
 //! refused here, before routing.
 
+use crate::base::hex_digit as hex;
 use crate::error::BadRequest;
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
 
 /// Check an origin-form path (without the query).
 pub fn check_path(path: &str) -> Result<(), BadRequest> {

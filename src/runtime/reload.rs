@@ -9,8 +9,8 @@ use std::time::Duration;
 use notify::{EventKind, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
-use super::{ConfigErrors, load};
-use crate::state::{Gateway, Snapshot};
+use super::{Gateway, Snapshot};
+use crate::config::{ConfigError, ConfigErrors, Limits, load};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Trigger {
@@ -39,7 +39,7 @@ pub async fn reload(gw: &Gateway, trigger: Trigger) -> Result<Arc<Snapshot>, Con
         .unwrap_or_else(|e| {
             Err(ConfigErrors {
                 file: gw.config_path.clone(),
-                errors: vec![super::ConfigError {
+                errors: vec![ConfigError {
                     path: String::new(),
                     message: format!("config loader failed: {e}"),
                 }],
@@ -67,7 +67,7 @@ pub async fn reload(gw: &Gateway, trigger: Trigger) -> Result<Arc<Snapshot>, Con
             "listen addresses are not reloadable; keeping the sockets bound at start (restart to move them)"
         );
     }
-    let process_wide = |l: &super::Limits| (l.max_connections, l.connect_timeout);
+    let process_wide = |l: &Limits| (l.max_connections, l.connect_timeout);
     if process_wide(&config.limits) != process_wide(&current.config.limits) {
         tracing::warn!(
             event = "reload_limits_ignored",
@@ -83,9 +83,9 @@ pub async fn reload(gw: &Gateway, trigger: Trigger) -> Result<Arc<Snapshot>, Con
         event = "reload",
         trigger = trigger.as_str(),
         generation = snapshot.generation,
-        tenants = snapshot.config.tenants.len(),
-        keys = snapshot.config.keys.keys.len(),
-        certificates = snapshot.config.certs.len(),
+        tenants = snapshot.tenants.len(),
+        keys = snapshot.keys.len(),
+        certificates = gw.certs.file_count(),
         "config reloaded"
     );
     Ok(snapshot)
@@ -115,10 +115,17 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
     std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
 }
 
+/// The symlink a Kubernetes volume (ConfigMap, Secret, projected) swaps to
+/// publish a new version of all its files at once (kubelet's AtomicWriter):
+/// `gateway.yaml → ..data/gateway.yaml`, `..data → ..2026_…/`.
+const KUBE_DATA: &str = "..data";
+
 /// Watch the config file and reload when its content changes. The parent
 /// directory is watched, so editors that save by writing a new file and
-/// renaming it over the old one (vim, `sed -i`) are seen too. Events are
-/// debounced, and a write that leaves the content unchanged is ignored.
+/// renaming it over the old one (vim, `sed -i`) are seen too, and so is a
+/// Kubernetes volume swapping its `..data` symlink. Events are debounced; a
+/// write that leaves the config's content unchanged is ignored, a `..data`
+/// swap is not (it may renew only a certificate the config names).
 /// The watch is in place when this returns; the reload loop is the future.
 pub fn watch_file(gw: Arc<Gateway>) -> Option<impl Future<Output = ()> + Send + 'static> {
     let path: PathBuf = gw.config_path.clone();
@@ -127,13 +134,19 @@ pub fn watch_file(gw: Arc<Gateway>) -> Option<impl Future<Output = ()> + Send + 
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // `true`: the volume's `..data` swapped (reload even if gateway.yaml's
+    // bytes are the same); `false`: an event naming the config file.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let handler = move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res
-            && !matches!(event.kind, EventKind::Access(_))
-            && event.paths.iter().any(|p| p.file_name() == Some(&name))
-        {
-            let _ = tx.send(());
+        let Ok(event) = res else { return };
+        if matches!(event.kind, EventKind::Access(_)) {
+            return;
+        }
+        let names = || event.paths.iter().filter_map(|p| p.file_name());
+        if names().any(|n| n == KUBE_DATA) {
+            let _ = tx.send(true);
+        } else if names().any(|n| n == name) {
+            let _ = tx.send(false);
         }
     };
     let mut watcher = match notify::recommended_watcher(handler) {
@@ -149,11 +162,12 @@ pub fn watch_file(gw: Arc<Gateway>) -> Option<impl Future<Output = ()> + Send + 
     }
     let mut last = digest(&path);
     Some(async move {
-        while rx.recv().await.is_some() {
+        while let Some(first) = rx.recv().await {
             // Debounce: wait until the burst of events from one save is over.
+            let mut swapped = first;
             loop {
                 match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(())) => continue,
+                    Ok(Some(s)) => swapped |= s,
                     Ok(None) => return,
                     Err(_) => break,
                 }
@@ -165,7 +179,7 @@ pub fn watch_file(gw: Arc<Gateway>) -> Option<impl Future<Output = ()> + Send + 
                     .ok()
                     .flatten()
             };
-            if now.is_none() || now == last {
+            if now.is_none() || (now == last && !swapped) {
                 // Deleted mid-rename, or touched without a change.
                 continue;
             }

@@ -1,0 +1,62 @@
+//! The brute-force brake: counts failed key checks per client IP and, past
+//! the limit, refuses every authenticated request from that IP for a while.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use super::Rate;
+use super::per_ip::{MAX_TRACKED, PerIp, bucket};
+
+/// The brute-force brake: counts failed key checks per client IP and, past
+/// the limit, refuses every authenticated request from that IP for a while.
+pub struct AuthBrake {
+    failures: PerIp,
+    blocked: DashMap<IpAddr, Instant>,
+}
+
+impl AuthBrake {
+    pub fn new(rate: Rate) -> Self {
+        AuthBrake {
+            failures: PerIp::new(rate, "auth_failures_per_ip"),
+            blocked: DashMap::new(),
+        }
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.failures.rate()
+    }
+
+    /// Remaining block time for this client, if it is braked.
+    pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+        let ip = bucket(ip);
+        let until = *self.blocked.get(&ip)?;
+        let now = Instant::now();
+        if until > now {
+            Some(until - now)
+        } else {
+            self.blocked.remove_if(&ip, |_, u| *u <= now);
+            None
+        }
+    }
+
+    /// Count one failed attempt; returns the block time if this one tipped
+    /// the client over the limit.
+    pub fn record_failure(&self, ip: IpAddr) -> Option<Duration> {
+        let wait = self.failures.check(ip).err()?;
+        if self.blocked.len() >= MAX_TRACKED {
+            let now = Instant::now();
+            self.blocked.retain(|_, u| *u > now);
+        }
+        self.blocked.insert(bucket(ip), Instant::now() + wait);
+        Some(wait)
+    }
+
+    /// Forget fully replenished counters and expired blocks.
+    pub fn housekeeping(&self) {
+        self.failures.housekeeping();
+        let now = Instant::now();
+        self.blocked.retain(|_, u| *u > now);
+    }
+}
