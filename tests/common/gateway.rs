@@ -12,9 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use rustls::pki_types::CertificateDer;
-
-use super::{Conn, Lines, TIMEOUT, ca, parse_json_line};
+use super::{CertFiles, Conn, Lines, TIMEOUT, ca, parse_json_line};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_twenty-gateway");
 
@@ -43,8 +41,8 @@ impl GatewaySetup {
             env: Vec::new(),
         }
     }
-    /// Issue another certificate as `certs/<name>.crt|key`; its DER.
-    pub fn cert(&self, name: &str, sans: &[&str]) -> CertificateDer<'static> {
+    /// Issue another certificate as `certs/<name>.crt|key`.
+    pub fn cert(&self, name: &str, sans: &[&str]) -> CertFiles {
         ca().issue(&self.dir.path().join("certs"), name, sans)
     }
     /// Write a file relative to the config directory.

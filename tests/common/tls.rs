@@ -3,7 +3,7 @@
 //! handshake produced.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -18,6 +18,14 @@ use super::within;
 // ---------------------------------------------------------------------------------------------
 // PKI
 // ---------------------------------------------------------------------------------------------
+
+/// Paths of a leaf certificate and its key, plus the DER of the leaf.
+#[derive(Clone, Debug)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
+}
 
 pub struct Ca {
     cert: rcgen::Certificate,
@@ -49,8 +57,8 @@ pub fn ca() -> &'static Ca {
 
 impl Ca {
     /// Issue a leaf for `sans` (DNS names, wildcards like `*.gw.test`, or IPs), written as
-    /// `<dir>/<name>.crt` and `<dir>/<name>.key`; the leaf's DER.
-    pub fn issue(&self, dir: &Path, name: &str, sans: &[&str]) -> CertificateDer<'static> {
+    /// `<dir>/<name>.crt` and `<dir>/<name>.key`.
+    pub fn issue(&self, dir: &Path, name: &str, sans: &[&str]) -> CertFiles {
         let key = rcgen::KeyPair::generate().expect("leaf key");
         let mut params =
             rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -68,9 +76,13 @@ impl Ca {
         std::fs::create_dir_all(dir).unwrap();
         let cert_path = dir.join(format!("{name}.crt"));
         let key_path = dir.join(format!("{name}.key"));
-        std::fs::write(cert_path, cert.pem()).unwrap();
-        std::fs::write(key_path, key.serialize_pem()).unwrap();
-        cert.der().clone()
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        CertFiles {
+            cert: cert_path,
+            key: key_path,
+            der: cert.der().clone(),
+        }
     }
 
     pub fn roots(&self) -> RootCertStore {
