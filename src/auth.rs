@@ -17,6 +17,7 @@ use http::HeaderValue;
 use crate::error::{BadRequest, GatewayError};
 use crate::host::TenantId;
 use crate::ratelimit::Rate;
+use crate::scope::KeyScope;
 
 #[derive(Debug, Clone)]
 pub struct Key {
@@ -29,6 +30,8 @@ pub struct Key {
     pub rate: Option<Rate>,
     pub expires: Option<SystemTime>,
     pub revoked: bool,
+    /// What the key may do (`scope`, `apis`); unscoped by default.
+    pub scope: KeyScope,
 }
 
 /// SHA-256 digest → key. The digests are uniformly random, so the map hashes
@@ -233,6 +236,7 @@ mod tests {
                     rate: None,
                     expires,
                     revoked,
+                    scope: Default::default(),
                 }
             ));
             let _ = i;

@@ -41,6 +41,56 @@ pub enum BadRequest {
     Framing,
     #[error("method not supported by the gateway")]
     Method,
+    #[error("{0}")]
+    GraphQl(BadGraphQl),
+}
+
+/// Why a `scope: read` key's GraphQL request was refused with 400: it could
+/// carry something the check cannot see, or cannot be checked at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadGraphQl {
+    #[error("GraphQL POST with query in the URL")]
+    QueryInUrl,
+    #[error("GraphQL GET with a request body")]
+    BodyOnGet,
+    #[error("GraphQL request body is a JSON array (batch)")]
+    Batch,
+    #[error("GraphQL request body is not a JSON object")]
+    NotObject,
+    #[error("GraphQL request body is not valid JSON")]
+    InvalidJson,
+    #[error("repeated JSON member name in GraphQL request body")]
+    DuplicateMember,
+    #[error("GraphQL request without a query string (persisted query?)")]
+    MissingQuery,
+    #[error("repeated query or operationName parameter")]
+    DuplicateParam,
+    #[error("GraphQL document does not parse or has no operation")]
+    InvalidDocument,
+}
+
+/// Why a key's `scope` or `apis` refused a request (403, `scope_denied`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    #[error("the key's apis do not include this route's upstream")]
+    Api,
+    #[error("read-only key: method not allowed on this route")]
+    Method,
+    #[error("read-only key: method-override header")]
+    MethodOverride,
+    #[error("read-only key: connection upgrade on a GraphQL route")]
+    Upgrade,
+    #[error("read-only key: the document has a mutation operation")]
+    Mutation,
+}
+
+/// Why a `scope: read` key's GraphQL body was refused with 415.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedMedia {
+    #[error("GraphQL POST not sent as application/json")]
+    ContentType,
+    #[error("GraphQL POST with a Content-Encoding other than identity")]
+    ContentEncoding,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +103,8 @@ pub enum GatewayError {
     UnknownHost,
     #[error("no route for path")]
     NoRoute,
+    #[error("no pending ACME HTTP-01 challenge with this token")]
+    UnknownChallenge,
     #[error("missing API key")]
     MissingKey,
     #[error("missing or empty token query parameter on a twenty_token route")]
@@ -65,12 +117,22 @@ pub enum GatewayError {
     RevokedKey,
     #[error("API key of another tenant")]
     WrongTenant,
+    #[error("scope: {0}")]
+    Forbidden(Forbidden),
+    #[error("scope: {0}")]
+    UnsupportedMediaType(UnsupportedMedia),
     #[error("too many failed authentication attempts from this client")]
     AuthThrottled { retry_after: Duration },
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
+    #[error("shared rate limits unavailable (cluster.on_unavailable: deny)")]
+    LimiterUnavailable,
     #[error("request body larger than max_request_body")]
     PayloadTooLarge,
+    #[error("scope: GraphQL request body over 64 KiB")]
+    GraphQlTooLarge,
+    #[error("request body not received within upstream_timeout")]
+    RequestTimeout,
     #[error("request header list larger than max_header_bytes")]
     HeadersTooLarge,
     #[error("request target longer than the HTTP/1 parser accepts")]
@@ -152,8 +214,11 @@ pub enum Outcome {
     RevokedKey,
     ExpiredKey,
     WrongTenant,
+    ScopeDenied,
+    UnsupportedMediaType,
     AuthThrottled,
     RateLimited,
+    LimiterUnavailable,
     UpstreamError,
     UpstreamTimeout,
     BadRequest,
@@ -161,6 +226,7 @@ pub enum Outcome {
     Misdirected,
     UnknownHost,
     NoRoute,
+    UnknownChallenge,
     /// The client reset or closed before a response existed (logged as 499).
     ClientClosed,
     Internal,
@@ -175,8 +241,11 @@ impl Outcome {
             Outcome::RevokedKey => "revoked_key",
             Outcome::ExpiredKey => "expired_key",
             Outcome::WrongTenant => "wrong_tenant",
+            Outcome::ScopeDenied => "scope_denied",
+            Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::AuthThrottled => "auth_throttled",
             Outcome::RateLimited => "rate_limited",
+            Outcome::LimiterUnavailable => "limiter_unavailable",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::BadRequest => "bad_request",
@@ -184,6 +253,7 @@ impl Outcome {
             Outcome::Misdirected => "misdirected",
             Outcome::UnknownHost => "unknown_host",
             Outcome::NoRoute => "no_route",
+            Outcome::UnknownChallenge => "unknown_challenge",
             Outcome::ClientClosed => "client_closed",
             Outcome::Internal => "internal",
         }
@@ -199,14 +269,17 @@ pub enum ErrorShape {
 }
 
 impl ErrorShape {
-    /// GraphQL shape when the first path segment is `graphql` or `metadata`.
+    /// GraphQL shape when the first path segment is `graphql` or `metadata`
+    /// (in any case, `;parameters` ignored: a server that routes
+    /// case-insensitively must not be shown a REST-checked GraphQL request;
+    /// the scope check uses the same rule).
     pub fn for_path(path: &str) -> Self {
         let first = path
             .trim_start_matches('/')
-            .split(['/', '?'])
+            .split(['/', '?', ';'])
             .next()
             .unwrap_or("");
-        if first == "graphql" || first == "metadata" {
+        if first.eq_ignore_ascii_case("graphql") || first.eq_ignore_ascii_case("metadata") {
             ErrorShape::GraphQl
         } else {
             ErrorShape::Rest
@@ -328,6 +401,12 @@ impl GatewayError {
                 Outcome::NoRoute,
                 "No route for this path",
             ),
+            E::UnknownChallenge => row(
+                S::NOT_FOUND,
+                "NOT_FOUND",
+                Outcome::UnknownChallenge,
+                "Unknown ACME challenge",
+            ),
             E::MissingKey => row(
                 S::UNAUTHORIZED,
                 UNAUTH,
@@ -349,6 +428,18 @@ impl GatewayError {
                 Outcome::WrongTenant,
                 "This API key does not belong to this workspace",
             ),
+            E::Forbidden(why) => row(
+                S::FORBIDDEN,
+                "FORBIDDEN",
+                Outcome::ScopeDenied,
+                why.public_message(),
+            ),
+            E::UnsupportedMediaType(why) => row(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                Outcome::UnsupportedMediaType,
+                why.public_message(),
+            ),
             E::AuthThrottled { .. } => row(
                 S::TOO_MANY_REQUESTS,
                 "TOO_MANY_AUTH_FAILURES",
@@ -361,11 +452,29 @@ impl GatewayError {
                 Outcome::RateLimited,
                 "Rate limit exceeded",
             ),
+            E::LimiterUnavailable => row(
+                S::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                Outcome::LimiterUnavailable,
+                "Rate limiting is unavailable; try again later",
+            ),
             E::PayloadTooLarge => row(
                 S::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",
                 Outcome::PayloadTooLarge,
                 "Request body too large",
+            ),
+            E::GraphQlTooLarge => row(
+                S::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                Outcome::PayloadTooLarge,
+                "GraphQL request body larger than 64 KiB",
+            ),
+            E::RequestTimeout => row(
+                S::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                Outcome::BadRequest,
+                "Request body not received in time",
             ),
             E::HeadersTooLarge => row(
                 S::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -481,6 +590,7 @@ impl BadRequest {
             BadRequest::BadHost => "Invalid Host header",
             BadRequest::Framing => "Malformed request",
             BadRequest::Method => "Method not supported",
+            BadRequest::GraphQl(why) => why.public_message(),
             BadRequest::NotOriginForm
             | BadRequest::DotSegment
             | BadRequest::EmptySegment
@@ -489,6 +599,45 @@ impl BadRequest {
             | BadRequest::Nul
             | BadRequest::BadPercentEncoding
             | BadRequest::NotUtf8 => "Invalid request path",
+        }
+    }
+}
+
+impl BadGraphQl {
+    fn public_message(self) -> &'static str {
+        match self {
+            BadGraphQl::QueryInUrl => "A GraphQL POST must carry its query in the body only",
+            BadGraphQl::BodyOnGet => "A GraphQL GET must not carry a body",
+            BadGraphQl::Batch => "Batched GraphQL requests are not allowed for this API key",
+            BadGraphQl::NotObject => "A GraphQL request body must be one JSON object",
+            BadGraphQl::InvalidJson => "Invalid JSON in request body",
+            BadGraphQl::DuplicateMember => "Repeated JSON member name in request body",
+            BadGraphQl::MissingQuery => "A GraphQL request must carry a query string",
+            BadGraphQl::DuplicateParam => "Repeated query or operationName parameter",
+            BadGraphQl::InvalidDocument => "Invalid GraphQL document",
+        }
+    }
+}
+
+impl Forbidden {
+    fn public_message(self) -> &'static str {
+        match self {
+            Forbidden::Api => "This API key may not use this API",
+            Forbidden::Method | Forbidden::MethodOverride | Forbidden::Upgrade => {
+                "This API key is read-only"
+            }
+            Forbidden::Mutation => "This API key is read-only: mutations are not allowed",
+        }
+    }
+}
+
+impl UnsupportedMedia {
+    fn public_message(self) -> &'static str {
+        match self {
+            UnsupportedMedia::ContentType => "GraphQL requests must be sent as application/json",
+            UnsupportedMedia::ContentEncoding => {
+                "Content-Encoding is not supported for this API key"
+            }
         }
     }
 }
@@ -504,14 +653,21 @@ mod tests {
             GatewayError::Misdirected,
             GatewayError::UnknownHost,
             GatewayError::NoRoute,
+            GatewayError::UnknownChallenge,
             GatewayError::MissingKey,
             GatewayError::MissingToken,
             GatewayError::InvalidKey,
             GatewayError::ExpiredKey,
             GatewayError::RevokedKey,
             GatewayError::WrongTenant,
+            GatewayError::Forbidden(Forbidden::Mutation),
+            GatewayError::UnsupportedMediaType(UnsupportedMedia::ContentType),
+            GatewayError::BadRequest(BadRequest::GraphQl(BadGraphQl::Batch)),
+            GatewayError::GraphQlTooLarge,
+            GatewayError::RequestTimeout,
             GatewayError::AuthThrottled { retry_after: d },
             GatewayError::RateLimited { retry_after: d },
+            GatewayError::LimiterUnavailable,
             GatewayError::PayloadTooLarge,
             GatewayError::HeadersTooLarge,
             GatewayError::UriTooLong,
@@ -537,14 +693,21 @@ mod tests {
                 (421, "MISDIRECTED_REQUEST", "misdirected"),
                 (404, "NOT_FOUND", "unknown_host"),
                 (404, "NOT_FOUND", "no_route"),
+                (404, "NOT_FOUND", "unknown_challenge"),
                 (401, "UNAUTHENTICATED", "missing_key"),
                 (401, "UNAUTHENTICATED", "missing_key"),
                 (401, "UNAUTHENTICATED", "invalid_key"),
                 (401, "UNAUTHENTICATED", "expired_key"),
                 (401, "UNAUTHENTICATED", "revoked_key"),
                 (403, "FORBIDDEN", "wrong_tenant"),
+                (403, "FORBIDDEN", "scope_denied"),
+                (415, "UNSUPPORTED_MEDIA_TYPE", "unsupported_media_type"),
+                (400, "BAD_REQUEST", "bad_request"),
+                (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
+                (408, "REQUEST_TIMEOUT", "bad_request"),
                 (429, "TOO_MANY_AUTH_FAILURES", "auth_throttled"),
                 (429, "RATE_LIMITED", "rate_limited"),
+                (503, "SERVICE_UNAVAILABLE", "limiter_unavailable"),
                 (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
                 (431, "BAD_REQUEST", "bad_request"),
                 (414, "BAD_REQUEST", "bad_request"),
@@ -577,6 +740,8 @@ mod tests {
         assert_eq!(ErrorShape::for_path("/metadata/x"), ErrorShape::GraphQl);
         assert_eq!(ErrorShape::for_path("/rest/metadata"), ErrorShape::Rest);
         assert_eq!(ErrorShape::for_path("/graphqlx"), ErrorShape::Rest);
+        assert_eq!(ErrorShape::for_path("/GraphQL"), ErrorShape::GraphQl);
+        assert_eq!(ErrorShape::for_path("/graphql;x=1"), ErrorShape::GraphQl);
         let r = GatewayError::RateLimited {
             retry_after: Duration::from_millis(1500),
         }

@@ -27,11 +27,15 @@ pub mod error;
 pub mod healthcheck;
 pub mod metrics;
 // Steps: each owns its compiled table and how to check it.
+pub mod acme;
 pub mod auth;
+pub mod balance;
+pub mod cluster;
 pub mod host;
 pub mod permission;
 pub mod ratelimit;
 pub mod route;
+pub mod scope;
 pub mod target;
 pub mod tls;
 pub mod upstream;
@@ -107,6 +111,10 @@ pub async fn serve(
         "serving"
     );
     drop(snap);
+    // Stored ACME certificates are served from here on; missing ones are
+    // ordered in the background (the CA validates against the listeners
+    // started just below).
+    gw.apply_acme().await;
 
     let https = accept_loop(
         gw.clone(),

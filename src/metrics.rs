@@ -57,6 +57,12 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// A certificate by the name it is served for (a configured name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub name: String,
+}
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One tenant route's `gateway_requests_total` counters, one per status
@@ -74,6 +80,7 @@ pub struct Metrics {
     pub duration: Histogram,
     pub auth_failures: Family<OutcomeLabels, Counter>,
     pub rate_limited: Family<TenantLabels, Counter>,
+    pub scope_denied: Family<TenantLabels, Counter>,
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_generation: Gauge,
@@ -82,6 +89,10 @@ pub struct Metrics {
     pub tls_handshakes: Family<ResultLabels, Counter>,
     pub connections_refused: Counter,
     pub access_log_dropped: Counter<u64, AtomicU64>,
+    /// ACME orders by result (`issued`, `failed`).
+    pub acme_orders: Family<ResultLabels, Counter>,
+    /// `not_after` of every certificate served (files and ACME).
+    pub certificate_expiry: Family<CertLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -99,6 +110,7 @@ impl Metrics {
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             auth_failures: Family::default(),
             rate_limited: Family::default(),
+            scope_denied: Family::default(),
             upstream_errors: Family::default(),
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
@@ -107,6 +119,8 @@ impl Metrics {
             tls_handshakes: Family::default(),
             connections_refused: Counter::default(),
             access_log_dropped: Counter::default(),
+            acme_orders: Family::default(),
+            certificate_expiry: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +142,11 @@ impl Metrics {
             "gateway_rate_limited",
             "Requests refused by a key or tenant rate limit",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "gateway_scope_denied",
+            "Requests refused (403) by a key's scope or apis",
+            m.scope_denied.clone(),
         );
         registry.register(
             "gateway_upstream_errors",
@@ -169,7 +188,23 @@ impl Metrics {
             "Access-log lines dropped because stdout could not keep up",
             m.access_log_dropped.clone(),
         );
+        registry.register(
+            "gateway_acme_orders",
+            "ACME orders placed, by result (issued, failed)",
+            m.acme_orders.clone(),
+        );
+        registry.register(
+            "gateway_certificate_expiry_timestamp_seconds",
+            "Expiry (not_after, Unix seconds) of each certificate served, by name",
+            m.certificate_expiry.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// For metrics owned by a step (`cluster`'s Redis metrics): registered
+    /// once, when the gateway is built.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// Account for one finished request. `route` holds the request counters
@@ -209,6 +244,13 @@ impl Metrics {
             }
             Outcome::RateLimited => {
                 self.rate_limited
+                    .get_or_create(&TenantLabels {
+                        tenant: Name(r.tenant.cloned()),
+                    })
+                    .inc();
+            }
+            Outcome::ScopeDenied => {
+                self.scope_denied
                     .get_or_create(&TenantLabels {
                         tenant: Name(r.tenant.cloned()),
                     })

@@ -146,12 +146,7 @@ struct Pending {
 /// checked with all of them removed (the rest must pass), and once with each one alone put back:
 /// an entry that passes alone is supported now and must be removed from this list (the test
 /// fails until it is), so the list never hides a field that works.
-const PENDING: &[Pending] = &[Pending {
-    what: "cluster (SPEC: Several gateways, one quota)",
-    strip: |m| {
-        m.remove("cluster");
-    },
-}];
+const PENDING: &[Pending] = &[];
 
 fn strip_pending(config: &Value, keep: Option<usize>) -> String {
     let mut v = config.clone();

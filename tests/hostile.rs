@@ -1383,13 +1383,13 @@ async fn brake_flood(distinct: u32) -> (Gateway, Upstream, u64, u64) {
 async fn auth_brake_is_per_client_under_a_flood_of_addresses() {
     let (gw, ..) = brake_flood(4_000).await;
     assert!(
-        !gw.all_output().contains("per_ip_limit_reset"),
+        !gw.all_output().contains("auth_brake_reset"),
         "4 000 addresses are well under the cap"
     );
 }
 
 /// The flood past the brake's cap of 100 000 tracked addresses, against the binary: 120 000
-/// addresses; the gateway says so (`per_ip_limit_reset` for `auth_failures_per_ip`), its memory
+/// addresses; the gateway says so (`auth_brake_reset`), its memory
 /// stays put, and afterwards the brake still works per client. 120 000 requests take about a
 /// minute in a debug build: `cargo test --test hostile -- --ignored`.
 #[tokio::test]
@@ -1399,15 +1399,12 @@ async fn auth_brake_is_bounded_past_its_address_cap() {
     let reset = gw
         .stdout
         .wait(|l| {
-            parse_json_line(l).is_some_and(|m| {
-                str_field(&m, "event") == Some("per_ip_limit_reset")
-                    && str_field(&m, "limit") == Some("auth_failures_per_ip")
-            })
+            parse_json_line(l).is_some_and(|m| str_field(&m, "event") == Some("auth_brake_reset"))
         })
         .await;
     assert!(
         reset.is_some(),
-        "no per_ip_limit_reset event: the brake tracked 120k addresses without its cap"
+        "no auth_brake_reset event: the brake tracked 120k addresses without its cap"
     );
     assert!(
         rss1 <= rss0 + 32 * 1024,

@@ -8,7 +8,7 @@ pub mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use validate::{Config, Limits, Listen, Tenant, TenantRoute};
+pub use validate::{Acme, Config, Limits, Listen, Tenant, TenantRoute};
 
 pub use crate::auth::Key;
 pub use crate::host::TenantId;

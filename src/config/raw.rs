@@ -19,7 +19,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub base_domains: Vec<String>,
     #[serde(default)]
-    pub upstreams: BTreeMap<String, String>,
+    pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Option<Vec<RawRoute>>,
     #[serde(default)]
@@ -30,6 +30,22 @@ pub struct RawConfig {
     pub keys: Vec<RawKey>,
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// Limits shared through Redis (`cluster::settings` mirrors the block).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::RawSettings>,
+    #[serde(default)]
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: String,
+    #[serde(default)]
+    pub contact: Vec<String>,
+    pub storage: String,
+    #[serde(default)]
+    pub ca_roots: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +69,59 @@ pub struct RawTls {
 pub struct RawCertificate {
     pub cert: String,
     pub key: String,
+}
+
+/// An upstream: a URL (one server) or a pool.
+#[derive(Debug)]
+pub enum RawUpstream {
+    Url(String),
+    Pool(RawPool),
+}
+
+/// A string is a URL, a map a pool. Written by hand rather than
+/// `untagged`, so that a pool's unknown or mistyped field is reported as
+/// such, not as "did not match any variant".
+impl<'de> Deserialize<'de> for RawUpstream {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawUpstream;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL or a map with `servers`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawUpstream, E> {
+                Ok(RawUpstream::Url(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawUpstream, A::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(map);
+                RawPool::deserialize(de).map(RawUpstream::Pool)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub unhealthy_after: Option<u64>,
+    pub healthy_after: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +176,7 @@ pub struct RawTenant {
     #[serde(default)]
     pub domains: Vec<String>,
     #[serde(default)]
-    pub upstreams: BTreeMap<String, String>,
+    pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub key_rate: Option<RawRate>,
     #[serde(default)]
@@ -130,4 +199,10 @@ pub struct RawKey {
     pub expires: Option<String>,
     #[serde(default)]
     pub revoked: Option<bool>,
+    /// `read` or `write` (the default).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Some of `core`, `metadata`; absent: every API.
+    #[serde(default)]
+    pub apis: Option<Vec<String>>,
 }

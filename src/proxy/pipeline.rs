@@ -11,14 +11,19 @@ use hyper::body::Incoming;
 
 use super::body::Payload;
 use super::ctx::{ConnInfo, RequestCtx};
+use crate::acme;
 use crate::auth::{self, Refused};
 use crate::error::{BadRequest, GatewayError};
 use crate::host::{self, RequestHost};
-use crate::ratelimit::{self, AuthBrake, Checked, state_field};
+use crate::permission::{self, Permitted};
+use crate::ratelimit::{
+    self, AuthBrake, Checked, OnUnavailable, SharedChecked, SharedLimits, SharedRequest,
+    state_field,
+};
 use crate::route::RouteAuth;
 use crate::runtime::{Gateway, KeyEntry, RouteEntry, Snapshot, TenantEntry};
+use crate::target;
 use crate::upstream::{self, Forwarding, RequestBody};
-use crate::{permission, target};
 
 pub async fn run(
     gw: &Gateway,
@@ -30,6 +35,16 @@ pub async fn run(
     // 1. The head alone: size, target, method, framing. Nothing below may
     //    look at a path an upstream could read differently.
     check_head(&req, snap.config.limits.max_header_bytes)?;
+
+    // 1b. ACME HTTP-01 on the plain listener (with `acme` set): the CA
+    //     fetches its token with no key, for a name that may have no
+    //     certificate yet, so it is answered before the host and route checks.
+    if conn.tls.is_none()
+        && snap.config.acme.is_some()
+        && let Some(token) = acme::challenge::http01_token(req.uri().path())
+    {
+        return answer_http01(gw, token);
+    }
     let (mut parts, body) = req.into_parts();
 
     // 2. The host, malformed → 400; then 421 before the tenant lookup: a
@@ -45,27 +60,46 @@ pub async fn run(
 
     // 4. Authentication, on routes that want a key (the brake first: a
     //    braked client is refused before we spend a hash on its guess).
-    let key = match route.route.auth {
+    let (key, body) = match route.route.auth {
         RouteAuth::Key => {
-            let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx)?;
+            let key = authenticate(snap, tenant, &parts.headers, SystemTime::now(), ctx).await?;
 
             // 5. Rate limits: the key's own, then the tenant's shared one.
             //    Only authenticated requests count, so a stranger cannot
-            //    drain a tenant's quota.
-            let checked = ratelimit::check_local(key.limit.as_ref(), tenant.limit.as_ref());
-            apply_limits(key, &checked, ctx)?;
+            //    drain a tenant's quota. With `cluster`, Redis decides (and
+            //    checks the brake in the same round trip).
+            let checked = match &snap.shared {
+                None => Some(ratelimit::check_local(
+                    key.limit.as_ref(),
+                    tenant.limit.as_ref(),
+                )),
+                Some(shared) => check_shared(shared.as_ref(), snap, tenant, key, ctx).await?,
+            };
+            if let Some(checked) = checked {
+                apply_limits(key, &checked, ctx)?;
+            }
 
             // 6. Permission: what this key may do on this route. After the
-            //    limits, so a refused attempt uses quota like any other.
-            permission::check(&key.key, &route.route, &parts)?;
-            Some(key)
+            //    limits, so a refused attempt uses quota like any other;
+            //    before anything goes upstream. A read key's GraphQL body is
+            //    read and checked here, and those bytes are what goes up.
+            let body = permission::check(
+                &key.key,
+                &route.route,
+                &parts,
+                body,
+                gw.registry.verdicts(),
+                snap.config.limits.upstream_timeout,
+            )
+            .await?;
+            (Some(key), body)
         }
         // 4'. Routes without a gateway key: every request (refusals too)
         //     counts against the client's anonymous budget first, so open
         //     routes cannot be used to flood Twenty.
         open => {
-            open_route(snap, open, parts.uri.query(), ctx)?;
-            None
+            open_route(snap, open, parts.uri.query(), ctx).await?;
+            (None, Permitted::Stream(body))
         }
     };
 
@@ -73,9 +107,16 @@ pub async fn run(
     //    upstream exchange; unannounced (chunked) ones are cut while
     //    streaming.
     let max_body = snap.config.limits.max_request_body;
-    if http_body::Body::size_hint(&body).lower() > max_body {
-        return Err(GatewayError::PayloadTooLarge);
-    }
+    let body = match body {
+        Permitted::Stream(body) if http_body::Body::size_hint(&body).lower() > max_body => {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        Permitted::Stream(body) => RequestBody::new(body, max_body),
+        Permitted::Checked(bytes) if bytes.len() as u64 > max_body => {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        Permitted::Checked(bytes) => RequestBody::full(bytes),
+    };
 
     // 8. Upstream.
     let websocket = upstream::is_websocket_upgrade(parts.version, &parts.headers);
@@ -98,16 +139,18 @@ pub async fn run(
             websocket,
         },
     )?;
-    let upstream_req = Request::from_parts(parts, RequestBody::new(body, max_body));
-    let pool = route
-        .target
-        .choose()
-        .ok_or_else(|| GatewayError::Internal("upstream without servers".into()))?;
+    let upstream_req = Request::from_parts(parts, body);
+    // Which server (balancing, health, failover of what was never sent)
+    // is the client's business, below.
     let started = Instant::now();
     let sent = gw
         .registry
         .upstream()
-        .send(pool, upstream_req, snap.config.limits.upstream_timeout)
+        .send(
+            &route.target,
+            upstream_req,
+            snap.config.limits.upstream_timeout,
+        )
         .await;
     ctx.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let mut resp = sent?;
@@ -150,6 +193,19 @@ pub fn check_head<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), Ga
     Ok(())
 }
 
+/// Step 1b: the key authorization for a pending HTTP-01 challenge; 404
+/// `NOT_FOUND` for any other token.
+pub fn answer_http01(gw: &Gateway, token: &str) -> Result<Response<Payload>, GatewayError> {
+    let answer = gw
+        .acme
+        .http01(token)
+        .ok_or(GatewayError::UnknownChallenge)?;
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(Payload::full(answer.into()))
+        .map_err(|e| GatewayError::Internal(e.into()))
+}
+
 /// Step 2b: 421 when the connection's certificate does not cover the host.
 pub fn check_coverage(conn: &ConnInfo, host: &RequestHost) -> Result<(), GatewayError> {
     match &conn.tls {
@@ -179,7 +235,7 @@ pub fn select<'s>(
 }
 
 /// Step 4: the brake, then the key. Guesses count toward the brake.
-pub fn authenticate<'s>(
+pub async fn authenticate<'s>(
     snap: &'s Snapshot,
     tenant: &TenantEntry,
     headers: &HeaderMap,
@@ -187,7 +243,16 @@ pub fn authenticate<'s>(
     ctx: &mut RequestCtx,
 ) -> Result<&'s KeyEntry, GatewayError> {
     let brake: Option<&AuthBrake> = snap.brake.as_deref();
-    if let Some(retry_after) = brake.and_then(|b| b.blocked_for(ctx.client_ip)) {
+    // With `cluster`, a block this gateway learnt from Redis (the request
+    // with a key asks Redis in step 5 anyway).
+    let blocked = match (&snap.shared, brake) {
+        (Some(shared), Some(b)) => {
+            shared.known_blocked(&tenant.tenant.name, ctx.client_ip, b.rate())
+        }
+        (None, Some(b)) => b.blocked_for(ctx.client_ip),
+        (_, None) => None,
+    };
+    if let Some(retry_after) = blocked {
         return Err(GatewayError::AuthThrottled { retry_after });
     }
     match auth::authenticate(&snap.keys, headers, tenant.id, now) {
@@ -199,8 +264,11 @@ pub fn authenticate<'s>(
             ctx.key_id = refused.key.map(|k| k.id.clone());
             let guess = refused.is_guess();
             let Refused { error, .. } = refused;
-            if guess && let Some(retry_after) = brake.and_then(|b| b.record_failure(ctx.client_ip))
-            {
+            let braked = match (guess, brake) {
+                (true, Some(b)) => record_failure(snap, b, tenant, ctx.client_ip).await,
+                _ => None,
+            };
+            if let Some(retry_after) = braked {
                 super::with_detail(ctx, format!("{error}; client now braked"));
                 return Err(GatewayError::AuthThrottled { retry_after });
             }
@@ -209,18 +277,93 @@ pub fn authenticate<'s>(
     }
 }
 
+/// A guess counts toward the brake: in Redis with `cluster`, else (or
+/// when Redis cannot answer and `on_unavailable` is `local`) locally.
+async fn record_failure(
+    snap: &Snapshot,
+    brake: &AuthBrake,
+    tenant: &TenantEntry,
+    ip: std::net::IpAddr,
+) -> Option<std::time::Duration> {
+    let Some(shared) = &snap.shared else {
+        return brake.record_failure(ip);
+    };
+    match shared
+        .record_failure(&tenant.tenant.name, ip, brake.rate())
+        .await
+    {
+        Ok(braked) => braked,
+        Err(ratelimit::Unavailable) => match shared.on_unavailable() {
+            OnUnavailable::Local => brake.record_failure(ip),
+            // `deny` refuses valid keys only: a guess keeps its 401.
+            OnUnavailable::Allow | OnUnavailable::Deny => None,
+        },
+    }
+}
+
+/// Step 5 with `cluster`: the brake and the limits from Redis in one round
+/// trip; when it cannot answer, `on_unavailable` decides: `local` = the
+/// gateway's own brake and limiters, `allow` = no limits (`None`: no
+/// `RateLimit` fields), `deny` = 503.
+pub async fn check_shared(
+    shared: &dyn SharedLimits,
+    snap: &Snapshot,
+    tenant: &TenantEntry,
+    key: &KeyEntry,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Checked>, GatewayError> {
+    let brake = snap.brake.as_deref();
+    let req = SharedRequest {
+        tenant: &tenant.tenant.name,
+        key: key.limit.as_ref(),
+        tenant_limit: tenant.limit.as_ref(),
+        brake: brake.map(|b| (ctx.client_ip, b.rate())),
+    };
+    match shared.check(req).await {
+        Ok(SharedChecked::Limits(checked)) => Ok(Some(checked)),
+        Ok(SharedChecked::Braked(retry_after)) => Err(GatewayError::AuthThrottled { retry_after }),
+        Err(ratelimit::Unavailable) => match shared.on_unavailable() {
+            OnUnavailable::Local => {
+                if let Some(retry_after) = brake.and_then(|b| b.blocked_for(ctx.client_ip)) {
+                    return Err(GatewayError::AuthThrottled { retry_after });
+                }
+                Ok(Some(ratelimit::check_local(
+                    key.limit.as_ref(),
+                    tenant.limit.as_ref(),
+                )))
+            }
+            OnUnavailable::Allow => Ok(None),
+            OnUnavailable::Deny => Err(GatewayError::LimiterUnavailable),
+        },
+    }
+}
+
 /// Step 4': a route without a gateway key — the client's anonymous budget,
 /// then (on `twenty_token` routes) Twenty's token in the query.
-pub fn open_route(
+pub async fn open_route(
     snap: &Snapshot,
     auth: RouteAuth,
     query: Option<&str>,
     ctx: &RequestCtx,
 ) -> Result<(), GatewayError> {
-    if let Some(limit) = &snap.anonymous
-        && let Err(retry_after) = limit.check(ctx.client_ip)
-    {
-        return Err(GatewayError::RateLimited { retry_after });
+    if let Some(limit) = &snap.anonymous {
+        // With `cluster`, one budget per client across the fleet; when Redis
+        // cannot answer, the local one (`allow`: none; `deny` refuses only
+        // requests with a valid key, so it counts locally too).
+        let refused = match &snap.shared {
+            None => limit.check(ctx.client_ip).err(),
+            Some(shared) => match shared.check_anonymous(ctx.client_ip, limit.rate()).await {
+                Ok(ratelimit::Decision::Denied { retry_after, .. }) => Some(retry_after),
+                Ok(ratelimit::Decision::Allowed { .. }) => None,
+                Err(ratelimit::Unavailable) => match shared.on_unavailable() {
+                    OnUnavailable::Allow => None,
+                    OnUnavailable::Local | OnUnavailable::Deny => limit.check(ctx.client_ip).err(),
+                },
+            },
+        };
+        if let Some(retry_after) = refused {
+            return Err(GatewayError::RateLimited { retry_after });
+        }
     }
     if auth == RouteAuth::TwentyToken && !auth::has_twenty_token(query) {
         return Err(GatewayError::MissingToken);

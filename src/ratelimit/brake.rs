@@ -25,7 +25,7 @@ impl AuthBrake {
     /// without 100,000 requests).
     pub(crate) fn with_cap(rate: Rate, cap: usize) -> Self {
         AuthBrake {
-            failures: PerIp::with_cap(rate, "auth_failures_per_ip", cap),
+            failures: PerIp::with_cap(rate, "auth_brake_reset", cap),
             blocked: DashMap::new(),
         }
     }

@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
@@ -20,10 +19,6 @@ pub(super) fn quota(rate: Rate) -> Quota {
     Quota::with_period(rate.interval())
         .unwrap_or_else(|| Quota::per_second(rate.requests))
         .allow_burst(rate.burst)
-}
-
-pub(super) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// One GCRA limiter with a known quota.
@@ -52,25 +47,10 @@ impl<C: Clock> Limiter<C> {
     }
 
     pub fn check(&self) -> Decision {
-        let interval = self.rate.interval();
-        let burst = self.rate.burst.get();
         match self.gcra.check() {
-            Ok(state) => {
-                let remaining = state.remaining_burst_capacity();
-                let used = burst.saturating_sub(remaining);
-                Decision::Allowed {
-                    remaining,
-                    reset: ceil_secs(interval * used),
-                }
-            }
+            Ok(state) => Decision::allowed(self.rate, state.remaining_burst_capacity()),
             Err(not_until) => {
-                let wait = not_until.wait_time_from(self.gcra.clock().now());
-                // Empty now: one cell after `wait`, the rest one interval each.
-                let full = wait + interval * burst.saturating_sub(1);
-                Decision::Denied {
-                    retry_after: wait,
-                    reset: ceil_secs(full),
-                }
+                Decision::denied(self.rate, not_until.wait_time_from(self.gcra.clock().now()))
             }
         }
     }

@@ -16,6 +16,7 @@ pub mod local;
 pub mod per_ip;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,6 +60,30 @@ impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allowed { .. })
     }
+
+    /// Allowed with `remaining` cells left: full again once the used ones
+    /// have replenished, one interval each.
+    pub fn allowed(rate: Rate, remaining: u32) -> Decision {
+        let used = rate.burst.get().saturating_sub(remaining);
+        Decision::Allowed {
+            remaining,
+            reset: ceil_secs(rate.interval() * used),
+        }
+    }
+
+    /// Refused for `wait`: empty now, one cell after `wait`, the rest one
+    /// interval each.
+    pub fn denied(rate: Rate, wait: Duration) -> Decision {
+        let full = wait + rate.interval() * rate.burst.get().saturating_sub(1);
+        Decision::Denied {
+            retry_after: wait,
+            reset: ceil_secs(full),
+        }
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// One limit a request is checked against: whose it is, its quota, and the
@@ -97,16 +122,74 @@ pub fn denied(checked: &Checked) -> Option<Duration> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
 
-/// Limits shared by a fleet of gateways (Redis). The pipeline asks it
-/// instead of [`check_local`] when one is configured; it must answer within
-/// its own timeout, and `Unavailable` lets the caller apply the configured
-/// fallback (`local`, `allow` or `deny`).
+/// What decides while the shared backend cannot answer (`cluster.on_unavailable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// This gateway's own limiters and brake, as without sharing.
+    Local,
+    /// No limits and no brake.
+    Allow,
+    /// 503 to requests with a valid key.
+    Deny,
+}
+
+impl OnUnavailable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Local => "local",
+            OnUnavailable::Allow => "allow",
+            OnUnavailable::Deny => "deny",
+        }
+    }
+}
+
+/// The limits of one authenticated request, for a shared backend.
+pub struct SharedRequest<'a> {
+    /// The tenant's name (Redis Cluster keeps a request's state in its slot).
+    pub tenant: &'a str,
+    pub key: Option<&'a LimitEntry>,
+    pub tenant_limit: Option<&'a LimitEntry>,
+    /// The client address and `auth_failures_per_ip`, when the brake is on.
+    pub brake: Option<(IpAddr, Rate)>,
+}
+
+/// A shared backend's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedChecked {
+    /// The client is braked for this long; no limiter was checked.
+    Braked(Duration),
+    /// The key's and the tenant's decisions, as [`check_local`] gives them.
+    Limits(Checked),
+}
+
+pub type SharedFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Unavailable>> + Send + 'a>>;
+
+/// Limits and the brake shared by a fleet of gateways (Redis). The pipeline
+/// asks it instead of the local limiters when one is configured; it answers
+/// within its own timeout, and `Unavailable` makes the caller apply
+/// [`SharedLimits::on_unavailable`].
 pub trait SharedLimits: Send + Sync {
-    fn check<'a>(
+    fn on_unavailable(&self) -> OnUnavailable;
+
+    /// The brake, then the key's limit, then the tenant's if the key's
+    /// allowed: one round trip.
+    fn check<'a>(&'a self, req: SharedRequest<'a>) -> SharedFuture<'a, SharedChecked>;
+
+    /// Count one failed key check from `ip`; `Some(block)` when the client
+    /// is braked (now or already).
+    fn record_failure<'a>(
         &'a self,
-        key: Option<&'a LimitEntry>,
-        tenant: Option<&'a LimitEntry>,
-    ) -> Pin<Box<dyn Future<Output = Result<Checked, Unavailable>> + Send + 'a>>;
+        tenant: &'a str,
+        ip: IpAddr,
+        rate: Rate,
+    ) -> SharedFuture<'a, Option<Duration>>;
+
+    /// A block the backend reported earlier and that still holds (no
+    /// round trip): for requests refused before their key is checked.
+    fn known_blocked(&self, tenant: &str, ip: IpAddr, rate: Rate) -> Option<Duration>;
+
+    /// `limits.anonymous_per_ip`: one request on a route without a key.
+    fn check_anonymous<'a>(&'a self, ip: IpAddr, rate: Rate) -> SharedFuture<'a, Decision>;
 }
 
 /// `"key";q=600;w=60, "tenant";q=100;w=60` for the limits that apply.

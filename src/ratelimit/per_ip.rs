@@ -34,8 +34,8 @@ pub fn bucket(ip: IpAddr) -> IpAddr {
 
 pub struct PerIp {
     rate: Rate,
-    /// What this limit is for, in the event logged when it fills up.
-    name: &'static str,
+    /// The event logged when it fills up and forgets its counts.
+    reset_event: &'static str,
     /// Swapped for an empty one when a flood of addresses fills it.
     cells: ArcSwap<DefaultKeyedRateLimiter<IpAddr>>,
     /// Addresses tracked at most: [`MAX_TRACKED`] (tests use fewer).
@@ -43,16 +43,16 @@ pub struct PerIp {
 }
 
 impl PerIp {
-    pub fn new(rate: Rate, name: &'static str) -> Self {
-        Self::with_cap(rate, name, MAX_TRACKED)
+    pub fn new(rate: Rate, reset_event: &'static str) -> Self {
+        Self::with_cap(rate, reset_event, MAX_TRACKED)
     }
 
     /// Tracking at most `cap` addresses (tests: a flood past the cap without
     /// 100,000 requests).
-    pub(crate) fn with_cap(rate: Rate, name: &'static str, cap: usize) -> Self {
+    pub(crate) fn with_cap(rate: Rate, reset_event: &'static str, cap: usize) -> Self {
         PerIp {
             rate,
-            name,
+            reset_event,
             cells: ArcSwap::from_pointee(RateLimiter::dashmap(quota(rate))),
             cap,
         }
@@ -77,8 +77,7 @@ impl PerIp {
                 // A flood of distinct addresses: memory stays bounded; the
                 // limit forgets old counts rather than growing without end.
                 tracing::warn!(
-                    event = "per_ip_limit_reset",
-                    limit = self.name,
+                    event = self.reset_event,
                     tracked = cells.len(),
                     "per-client limit full; forgetting counts"
                 );

@@ -16,13 +16,16 @@ use std::path::PathBuf;
 
 use self::registry::{Registry, Used};
 use crate::access_log::AccessLog;
+use crate::acme::{self, Acme, AcmeMetrics};
 use crate::auth::{Key, KeyTable};
+use crate::balance::BalanceMetrics;
+use crate::cluster::RedisMetrics;
 use crate::config::{Config, Tenant};
 use crate::host::{HostTable, TenantId};
 use crate::metrics::{Metrics, RouteCounters};
-use crate::ratelimit::{AuthBrake, LimitEntry, Owner, PerIp, policy_field};
+use crate::ratelimit::{AuthBrake, LimitEntry, Owner, PerIp, SharedLimits, policy_field};
 use crate::route::{Route, RouteTable};
-use crate::tls::Certificates;
+use crate::tls::{CertStore, Certificates};
 use crate::upstream::Target;
 
 /// A tenant as requests use it.
@@ -65,6 +68,8 @@ pub struct Snapshot {
     pub tenants: Vec<Arc<TenantEntry>>,
     pub keys: KeyTable<KeyEntry>,
     pub brake: Option<Arc<AuthBrake>>,
+    /// Limits and brake shared through Redis (`cluster`); `None`: local only.
+    pub shared: Option<Arc<dyn SharedLimits>>,
     /// `limits.anonymous_per_ip`: requests on routes without a gateway key.
     pub anonymous: Option<Arc<PerIp>>,
 }
@@ -81,6 +86,11 @@ pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
     pub registry: Registry,
     pub certs: Arc<Certificates>,
+    /// ACME for tenant domains: one of the certificate sources, the
+    /// challenge answers, the orders.
+    pub acme: Acme,
+    /// Names of the file certificates in the expiry metric.
+    file_cert_names: std::sync::Mutex<Vec<String>>,
     pub access_log: AccessLog,
     pub metrics: Metrics,
     pub config_path: PathBuf,
@@ -94,21 +104,33 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(mut config: Config, access_log: AccessLog) -> Arc<Self> {
-        let registry = Registry::new(config.limits.connect_timeout);
+        let mut metrics = Metrics::new();
+        let redis_metrics = Arc::new(RedisMetrics::new());
+        redis_metrics.register(metrics.registry_mut());
+        let balance_metrics = BalanceMetrics::default();
+        balance_metrics.register(metrics.registry_mut());
+        let registry = Registry::new(
+            config.limits.connect_timeout,
+            redis_metrics,
+            balance_metrics,
+        );
+        metrics.config_generation.set(1);
+        let acme = Acme::new(AcmeMetrics::of(&metrics));
+        let file_cert_names = export_file_expiry(&metrics, &config.certs, &[]);
         let certs = Arc::new(Certificates::new(
             std::mem::take(&mut config.certs),
-            Vec::new(),
+            vec![acme.source()],
         ));
         let config_path = config.path.clone();
         let mut used = Used::default();
         let snapshot = build_snapshot(config, 1, &registry, &mut used);
-        registry.retain(&used);
-        let metrics = Metrics::new();
-        metrics.config_generation.set(1);
+        registry.retain(used);
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             certs,
+            acme,
+            file_cert_names: std::sync::Mutex::new(file_cert_names),
             access_log,
             metrics,
             config_path,
@@ -127,6 +149,13 @@ impl Gateway {
     /// refers to any more. Callers hold `reload_lock`.
     pub fn install(&self, mut config: Config) -> Arc<Snapshot> {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut names = self
+                .file_cert_names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *names = export_file_expiry(&self.metrics, &config.certs, &names);
+        }
         self.certs.set_files(std::mem::take(&mut config.certs));
         let mut used = Used::default();
         let snapshot = Arc::new(build_snapshot(
@@ -136,9 +165,48 @@ impl Gateway {
             &mut used,
         ));
         self.snapshot.store(snapshot.clone());
-        self.registry.retain(&used);
+        self.registry.retain(used);
         snapshot
     }
+}
+
+impl Gateway {
+    /// Tell ACME the current config's settings and names (at start and
+    /// after every reload). Orders run in the background; a failure to start
+    /// is logged and leaves the gateway serving.
+    pub async fn apply_acme(&self) {
+        let snap = self.current();
+        let options = acme::Options {
+            // HTTP-01 needs the CA to reach listen.http (on port 80).
+            http01: snap.config.listen.http.is_some(),
+            ..acme::Options::default()
+        };
+        let (settings, names) = match &snap.config.acme {
+            Some(a) => (Some(&a.settings), a.names.clone()),
+            None => (None, Vec::new()),
+        };
+        if let Err(e) = self.acme.configure(settings, options, names).await {
+            tracing::error!(event = "acme_error", error = %e, "cannot run ACME; tenant domains get no certificates from it");
+        }
+    }
+}
+
+/// `gateway_certificate_expiry_timestamp_seconds` for the config's file
+/// certificates, by each one's first DNS name; series of `previous` names no
+/// longer present are removed. Returns the names now exported.
+fn export_file_expiry(metrics: &Metrics, files: &CertStore, previous: &[String]) -> Vec<String> {
+    let expiry = AcmeMetrics::of(metrics);
+    let mut names = Vec::new();
+    for cert in files.iter() {
+        if let Some(name) = cert.names.first() {
+            expiry.set_expiry(name, cert.not_after);
+            names.push(name.clone());
+        }
+    }
+    for gone in previous.iter().filter(|p| !names.contains(p)) {
+        expiry.remove_expiry(gone);
+    }
+    names
 }
 
 /// Compile `config` into entries, taking shared state from `registry` and
@@ -184,6 +252,10 @@ fn build_snapshot(
         .limits
         .auth_failures_per_ip
         .map(|rate| registry.brake(rate, used));
+    let shared = config
+        .cluster
+        .as_ref()
+        .and_then(|settings| registry.shared(settings, used));
     let anonymous = config
         .limits
         .anonymous_per_ip
@@ -195,6 +267,7 @@ fn build_snapshot(
         tenants,
         keys,
         brake,
+        shared,
         anonymous,
     }
 }

@@ -1,16 +1,19 @@
 //! The state that outlives a config generation, in one place: limiter state
 //! by (owner, quota), the auth-failure brake, the per-IP limit of open
-//! routes, upstream connection pools by server. A new snapshot takes what it needs from here (so a reload keeps
-//! bursts spent and connections warm); what no installed snapshot uses is
-//! dropped after the swap.
+//! routes, upstream servers (balancing and health) and their connection
+//! pools, the GraphQL verdicts of scoped keys. A new snapshot takes what it
+//! needs from here (so a reload keeps bursts spent and connections warm);
+//! what no installed snapshot uses is dropped after the swap.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::uri::Authority;
-
-use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, PerIp, Rate};
+use crate::balance::{self, BalanceMetrics};
+use crate::cluster::{RedisMetrics, Settings, Shared};
+use crate::ratelimit::{AuthBrake, LimitEntry, LimiterRegistry, Owner, PerIp, Rate, SharedLimits};
+use crate::scope::VerdictCache;
+use crate::upstream::client::ConnKey;
 use crate::upstream::{Target, Upstream, UpstreamClient};
 
 pub struct Registry {
@@ -18,14 +21,27 @@ pub struct Registry {
     brake: Mutex<Option<Arc<AuthBrake>>>,
     anonymous: Mutex<Option<Arc<PerIp>>>,
     upstream: UpstreamClient,
+    servers: balance::Registry,
+    /// The Redis connection of `cluster`, kept while its settings do not
+    /// change (and with it the up/down state and the local memory of
+    /// refusals).
+    shared: Mutex<Option<Shared>>,
+    redis_metrics: Arc<RedisMetrics>,
+    /// GraphQL verdicts for `scope: read` keys, by document hash: a
+    /// property of the document alone, so every generation shares them.
+    verdicts: VerdictCache,
 }
 
 /// What one generation took from the registry.
 #[derive(Default)]
 pub struct Used {
     limits: HashSet<(Owner, Rate)>,
-    servers: HashSet<Authority>,
+    connections: HashSet<ConnKey>,
+    /// The generation's servers (balancing and health state), made the
+    /// registry's when it is installed.
+    servers: Option<balance::Build>,
     brake: bool,
+    shared: bool,
     anonymous: bool,
 }
 
@@ -52,17 +68,59 @@ fn take<T>(slot: &Mutex<Option<Arc<T>>>) -> Option<Arc<T>> {
 }
 
 impl Registry {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        redis_metrics: Arc<RedisMetrics>,
+        servers: BalanceMetrics,
+    ) -> Self {
         Registry {
             limiters: LimiterRegistry::default(),
             brake: Mutex::new(None),
             anonymous: Mutex::new(None),
             upstream: UpstreamClient::new(connect_timeout),
+            servers: balance::Registry::new(servers),
+            shared: Mutex::new(None),
+            redis_metrics,
+            verdicts: VerdictCache::default(),
         }
+    }
+
+    /// The limits shared through Redis for `settings`: the running
+    /// connection if they did not change, else a new one (the old one closes
+    /// when the last request using it is done). Needs the Tokio runtime.
+    pub fn shared(&self, settings: &Settings, used: &mut Used) -> Option<Arc<dyn SharedLimits>> {
+        used.shared = true;
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = &*shared
+            && s.settings() == settings
+        {
+            return Some(Arc::new(s.clone()));
+        }
+        match Shared::start(settings.clone(), self.redis_metrics.clone()) {
+            Ok(s) => {
+                *shared = Some(s.clone());
+                Some(Arc::new(s))
+            }
+            Err(e) => {
+                // Not expected (the URLs were validated): limits stay local.
+                tracing::error!(event = "redis_client_error", error = %e, "limits are not shared");
+                *shared = None;
+                None
+            }
+        }
+    }
+
+    /// Per-server balancing and health state (tests and diagnostics).
+    pub fn servers(&self) -> &balance::Registry {
+        &self.servers
     }
 
     pub fn upstream(&self) -> &UpstreamClient {
         &self.upstream
+    }
+
+    pub fn verdicts(&self) -> &VerdictCache {
+        &self.verdicts
     }
 
     /// The limit of `owner` at `rate`: the same state as before if the quota
@@ -76,19 +134,35 @@ impl Registry {
         }
     }
 
-    /// `upstream` as requests use it: the pool of each of its servers.
+    /// `upstream` as requests use it: its servers with the state they had
+    /// in the running generation (new ones start healthy), and the
+    /// connection pool of each.
     pub fn target(&self, upstream: &Upstream, used: &mut Used) -> Arc<Target> {
-        let servers = upstream
+        let build = used.servers.get_or_insert_with(|| self.servers.build());
+        let servers = build
+            .pool(&upstream.name, &upstream.pool)
+            .inspect_err(|e| {
+                tracing::error!(
+                    upstream = &*upstream.name,
+                    error = %e,
+                    "validated upstream failed to build; its requests get 500"
+                )
+            })
+            .ok();
+        let conns = upstream
+            .pool
             .servers
             .iter()
-            .map(|s| {
-                used.servers.insert(s.authority.clone());
-                self.upstream.pool(&s.authority)
+            .map(|url| {
+                let (key, pool) = self.upstream.pool(url, upstream.pool.tls.as_ref());
+                used.connections.insert(key);
+                pool
             })
             .collect();
         Arc::new(Target {
             name: upstream.name.clone(),
             servers,
+            conns,
         })
     }
 
@@ -103,27 +177,43 @@ impl Registry {
     pub fn anonymous(&self, rate: Rate, used: &mut Used) -> Arc<PerIp> {
         used.anonymous = true;
         reuse(&self.anonymous, rate, PerIp::rate, |r| {
-            PerIp::new(r, "anonymous_per_ip")
+            PerIp::new(r, "anonymous_limit_reset")
         })
     }
 
-    /// Drop what the installed generation does not use.
-    pub fn retain(&self, used: &Used) {
+    /// Drop what the installed generation does not use; its servers'
+    /// checks start (or change) now.
+    pub fn retain(&self, used: Used) {
         self.limiters.retain(&used.limits);
-        self.upstream.retain(&used.servers);
+        self.upstream.retain(&used.connections);
+        match used.servers {
+            Some(build) => build.commit(),
+            None => self.servers.build().commit(),
+        }
         if !used.brake {
             *self.brake.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        if !used.shared {
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         if !used.anonymous {
             *self.anonymous.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
-    /// Periodic upkeep: forget idle auth-failure counters, close idle
-    /// upstream connections past their time.
+    /// Periodic upkeep: forget idle auth-failure counters and ended Redis
+    /// refusals, close idle upstream connections past their time.
     pub fn housekeeping(&self) {
         if let Some(brake) = take(&self.brake) {
             brake.housekeeping();
+        }
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(shared) = shared {
+            shared.housekeeping();
         }
         if let Some(anonymous) = take(&self.anonymous) {
             anonymous.housekeeping();

@@ -75,6 +75,8 @@ pub async fn reload(gw: &Gateway, trigger: Trigger) -> Result<Arc<Snapshot>, Con
         );
     }
     let snapshot = gw.install(config);
+    // New tenant domains get their certificates without a restart.
+    gw.apply_acme().await;
     gw.metrics.reload(true);
     gw.metrics
         .config_generation

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
@@ -42,7 +43,11 @@ pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     /// Lowercase SAN DNS names; wildcards keep their `*.` prefix.
     pub names: Vec<String>,
+    /// Where it came from: a file, or `acme:<name>`.
     pub source: PathBuf,
+    /// The leaf's validity.
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
 }
 
 impl fmt::Debug for LoadedCert {
@@ -51,6 +56,28 @@ impl fmt::Debug for LoadedCert {
             .field("names", &self.names)
             .field("source", &self.source)
             .finish()
+    }
+}
+
+/// What is wrong with a PEM chain and key (without their file names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PemError {
+    NoCertificate,
+    BadCertificate(String),
+    BadKey(String),
+    Mismatch,
+    NoNames,
+}
+
+impl fmt::Display for PemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemError::NoCertificate => f.write_str("no PEM certificate"),
+            PemError::BadCertificate(r) => write!(f, "not a PEM certificate chain: {r}"),
+            PemError::BadKey(r) => write!(f, "no usable PEM private key: {r}"),
+            PemError::Mismatch => f.write_str("the private key does not match the certificate"),
+            PemError::NoNames => f.write_str("no DNS subject alternative names to serve"),
+        }
     }
 }
 
@@ -64,49 +91,52 @@ impl LoadedCert {
         };
         let cert_pem = read(cert_path)?;
         let key_pem = read(key_path)?;
-        let chain = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CertError::BadCertificate {
-                path: cert_path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let Some(leaf) = chain.first() else {
-            return Err(CertError::NoCertificate {
-                path: cert_path.to_path_buf(),
-            });
-        };
-        let names = san_dns_names(leaf).map_err(|reason| CertError::BadCertificate {
-            path: cert_path.to_path_buf(),
-            reason,
-        })?;
-        if names.is_empty() {
-            return Err(CertError::NoNames {
-                path: cert_path.to_path_buf(),
-            });
-        }
-        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::BadKey {
-            path: key_path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let signer =
-            aws_lc_rs::sign::any_supported_type(&key_der).map_err(|e| CertError::BadKey {
+        let cert = || cert_path.to_path_buf();
+        Self::from_pem(&cert_pem, &key_pem, cert()).map_err(|e| match e {
+            PemError::NoCertificate => CertError::NoCertificate { path: cert() },
+            PemError::BadCertificate(reason) => CertError::BadCertificate {
+                path: cert(),
+                reason,
+            },
+            PemError::BadKey(reason) => CertError::BadKey {
                 path: key_path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+                reason,
+            },
+            PemError::Mismatch => CertError::Mismatch {
+                cert: cert(),
+                key: key_path.to_path_buf(),
+            },
+            PemError::NoNames => CertError::NoNames { path: cert() },
+        })
+    }
+
+    /// Parse a PEM chain (leaf first) and its private key.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], source: PathBuf) -> Result<Self, PemError> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PemError::BadCertificate(e.to_string()))?;
+        let Some(leaf) = chain.first() else {
+            return Err(PemError::NoCertificate);
+        };
+        let leaf = parse_leaf(leaf).map_err(PemError::BadCertificate)?;
+        if leaf.names.is_empty() {
+            return Err(PemError::NoNames);
+        }
+        let key_der =
+            PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| PemError::BadKey(e.to_string()))?;
+        let signer = aws_lc_rs::sign::any_supported_type(&key_der)
+            .map_err(|e| PemError::BadKey(e.to_string()))?;
         let key = CertifiedKey::new(chain, signer);
         match key.keys_match() {
             Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-            Err(_) => {
-                return Err(CertError::Mismatch {
-                    cert: cert_path.to_path_buf(),
-                    key: key_path.to_path_buf(),
-                });
-            }
+            Err(_) => return Err(PemError::Mismatch),
         }
         Ok(LoadedCert {
             key: Arc::new(key),
-            names,
-            source: cert_path.to_path_buf(),
+            names: leaf.names,
+            source,
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
         })
     }
 
@@ -127,7 +157,13 @@ pub fn normalize_sni(sni: &str) -> String {
     sni.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn san_dns_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+struct Leaf {
+    names: Vec<String>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+fn parse_leaf(leaf: &CertificateDer<'_>) -> Result<Leaf, String> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) =
         x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
@@ -139,7 +175,16 @@ fn san_dns_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
             }
         }
     }
-    Ok(names)
+    let time = |t: x509_parser::time::ASN1Time| {
+        u64::try_from(t.timestamp())
+            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap_or(UNIX_EPOCH)
+    };
+    Ok(Leaf {
+        names,
+        not_before: time(cert.validity().not_before),
+        not_after: time(cert.validity().not_after),
+    })
 }
 
 /// All certificates of one config, indexed for SNI selection.
@@ -195,6 +240,11 @@ impl CertStore {
 
     pub fn len(&self) -> usize {
         self.certs.len()
+    }
+
+    /// The certificates in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<LoadedCert>> {
+        self.certs.iter()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -21,18 +21,27 @@ pub struct BodyTooLarge;
 #[error("client request body: {0}")]
 pub struct ClientBodyError(#[source] pub hyper::Error);
 
-/// The client's request body on its way upstream, cut off past the limit.
-pub struct RequestBody {
-    inner: Incoming,
-    remaining: u64,
+/// The client's request body on its way upstream: streamed and cut off
+/// past the limit, or bytes already read whole (and checked) by the
+/// permission step, sent exactly as they are.
+pub struct RequestBody(Inner);
+
+enum Inner {
+    Stream { inner: Incoming, remaining: u64 },
+    Full(Option<Bytes>),
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        RequestBody {
+        RequestBody(Inner::Stream {
             inner,
             remaining: limit,
-        }
+        })
+    }
+
+    /// A body read before the request went upstream.
+    pub fn full(bytes: Bytes) -> Self {
+        RequestBody(Inner::Full((!bytes.is_empty()).then_some(bytes)))
     }
 }
 
@@ -44,14 +53,18 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+        let (inner, remaining) = match &mut self.0 {
+            Inner::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Stream { inner, remaining } => (inner, remaining),
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
-                    if len > self.remaining {
+                    if len > *remaining {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
-                    self.remaining -= len;
+                    *remaining -= len;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -61,11 +74,19 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Inner::Stream { inner, .. } => inner.is_end_stream(),
+            Inner::Full(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Inner::Stream { inner, .. } => inner.size_hint(),
+            Inner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 

@@ -1,7 +1,8 @@
-//! The keep-alive HTTP/1.1 client towards Twenty: one [`Pool`] of idle
-//! connections per server address, shared by every config generation that
-//! names it (a reload keeps the warm connections), and the response body
-//! that gives its connection back when read to the end.
+//! The keep-alive HTTP/1.1 client towards Twenty: which server (the
+//! balance step's choice), one [`Pool`] of idle connections per server,
+//! shared by every config generation that names it (a reload keeps the
+//! warm connections), failover of what could not be sent, and the response
+//! body that gives its connection back when read to the end.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,26 +16,38 @@ use http::Response;
 use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use super::Target;
 use super::body::{RequestBody, classify};
+use crate::balance::{
+    self, Outcome, Pick, Scheme, Server, ServerPool, ServerUrl, TlsClient, Unreachable,
+};
 use crate::error::{BoxError, GatewayError, UpstreamFailure};
 
-/// Idle keep-alive connections kept per upstream; more are closed.
-const MAX_IDLE_PER_UPSTREAM: usize = 1024;
+/// Idle keep-alive connections kept per server; more are closed.
+const MAX_IDLE_PER_SERVER: usize = 1024;
 /// An idle pooled connection is closed after this long unused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// TCP keepalive probes on upstream connections start after this long idle.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// One upstream's idle keep-alive HTTP/1.1 connections, most recently used
+/// Which servers' connections are interchangeable: same scheme and
+/// address, and for `https` the same trusted roots (a connection verified
+/// against one `ca` never serves a pool that trusts another).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    scheme: Scheme,
+    authority: Authority,
+    /// [`TlsClient::roots_id`].
+    roots: Option<[u8; 32]>,
+}
+
+/// One server's idle keep-alive HTTP/1.1 connections, most recently used
 /// last. Each connection's I/O runs in its own task; the pool holds the
 /// sending halves.
 pub struct Pool {
-    authority: Authority,
+    url: ServerUrl,
+    tls: Option<TlsClient>,
     idle: Mutex<Vec<(Instant, SendRequest<RequestBody>)>>,
 }
 
@@ -48,22 +61,6 @@ impl Pool {
             }
         }
         None
-    }
-
-    /// Send on `sender`; the response body gives it back to the pool once
-    /// read to the end.
-    async fn send_on(
-        self: &Arc<Self>,
-        mut sender: SendRequest<RequestBody>,
-        req: http::Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, TrySendError<http::Request<RequestBody>>> {
-        let resp = sender.try_send_request(req).await?;
-        let pool = self.clone();
-        Ok(resp.map(|incoming| UpstreamBody {
-            incoming,
-            connection: Some((pool, sender)),
-            ended: false,
-        }))
     }
 
     /// Back to the pool once the exchange is over. Usually the connection
@@ -85,7 +82,7 @@ impl Pool {
 
     fn park(&self, sender: SendRequest<RequestBody>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE_PER_UPSTREAM {
+        if idle.len() < MAX_IDLE_PER_SERVER {
             idle.push((Instant::now(), sender));
         }
     }
@@ -98,12 +95,40 @@ impl Pool {
             !sender.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
         });
     }
+
+    /// A new connection (TCP, plus TLS for `https`), its I/O in a task of
+    /// its own. The caller's connect budget bounds it.
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, GatewayError> {
+        let stream = balance::connect(&self.url, self.tls.as_ref())
+            .await
+            .map_err(|e| connect_failed(e.into()))?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_failed(e.into()))?;
+        tokio::spawn(async move {
+            // Ends when either side closes; `with_upgrades` hands a
+            // WebSocket's connection to the tunnel.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection closed with error");
+            }
+        });
+        Ok(sender)
+    }
 }
 
-/// The upstream client: one [`Pool`] per upstream address, shared by every
-/// config generation that names it (a reload keeps the warm connections).
+fn connect_failed(source: BoxError) -> GatewayError {
+    GatewayError::Upstream {
+        kind: UpstreamFailure::Connect,
+        source,
+    }
+}
+
+/// The upstream client: one [`Pool`] per server, shared by every config
+/// generation and upstream name that lists it (a reload keeps the warm
+/// connections).
 pub struct UpstreamClient {
-    pools: Mutex<HashMap<Authority, Arc<Pool>>>,
+    pools: Mutex<HashMap<ConnKey, Arc<Pool>>>,
     connect_timeout: Duration,
 }
 
@@ -115,28 +140,39 @@ impl UpstreamClient {
         }
     }
 
-    /// The pool for an upstream address (looked up when a config is
-    /// installed, not per request).
-    pub fn pool(&self, authority: &Authority) -> Arc<Pool> {
+    /// The connection pool for a server reached with `tls` (looked up when
+    /// a config is installed, not per request).
+    pub fn pool(&self, url: &ServerUrl, tls: Option<&TlsClient>) -> (ConnKey, Arc<Pool>) {
+        let tls = match url.scheme() {
+            Scheme::Http => None,
+            Scheme::Https => tls.cloned(),
+        };
+        let key = ConnKey {
+            scheme: url.scheme(),
+            authority: url.authority().clone(),
+            roots: tls.as_ref().map(TlsClient::roots_id),
+        };
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools
-            .entry(authority.clone())
+        let pool = pools
+            .entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Pool {
-                    authority: authority.clone(),
+                    url: url.clone(),
+                    tls,
                     idle: Mutex::default(),
                 })
             })
-            .clone()
+            .clone();
+        (key, pool)
     }
 
     /// Forget the pools no installed config names any more; their idle
     /// connections close when the last request still using them ends.
-    pub fn retain(&self, used: &HashSet<Authority>) {
+    pub fn retain(&self, used: &HashSet<ConnKey>) {
         self.pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|authority, _| used.contains(authority));
+            .retain(|key, _| used.contains(key));
     }
 
     /// Periodic upkeep: close idle connections past their time.
@@ -154,77 +190,118 @@ impl UpstreamClient {
         }
     }
 
-    /// Send the request; the response *head* must arrive within `timeout`
-    /// (connecting included). The body then streams for as long as it
-    /// lasts (SSE).
+    /// Send the request to one of `target`'s servers; the response *head*
+    /// must arrive within `timeout` (connecting included). The body then
+    /// streams for as long as it lasts (SSE), the server counting it as in
+    /// flight until it ends.
     pub async fn send(
         &self,
-        pool: &Arc<Pool>,
+        target: &Target,
         req: http::Request<RequestBody>,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
-        match tokio::time::timeout(timeout, self.exchange(pool, req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout),
+        let Some(servers) = &target.servers else {
+            return Err(GatewayError::Internal("upstream without servers".into()));
+        };
+        // The server waited on, for the timeout's report.
+        let mut waiting = None;
+        let exchange = self.exchange(servers, &target.conns, req, &mut waiting);
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
+            Err(_) => {
+                if let Some(server) = waiting {
+                    server.report(Outcome::Timeout);
+                }
+                Err(GatewayError::UpstreamTimeout)
+            }
         }
     }
 
+    /// Warm connection of the chosen server first, else a new one; a
+    /// request that could not be sent at all (refused, TLS failed, reset
+    /// before the first byte) moves to another server within
+    /// `connect_timeout`; one that was sent is never sent again.
     async fn exchange(
         &self,
-        pool: &Arc<Pool>,
+        servers: &ServerPool,
+        conns: &[Arc<Pool>],
         mut req: http::Request<RequestBody>,
+        waiting: &mut Option<Arc<Server>>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
-        if let Some(sender) = pool.checkout() {
-            match pool.send_on(sender, req).await {
+        let mut failover = servers.failover(self.connect_timeout);
+        let mut pick = failover.first();
+        loop {
+            *waiting = Some(pick.server().clone());
+            let pool = &conns[pick.index()];
+            if let Some(sender) = pool.checkout() {
+                match send_on(pool, sender, req, pick).await {
+                    Ok(resp) => return Ok(resp),
+                    // The upstream closed this idle connection before the
+                    // request went out: hyper hands it back untouched, and
+                    // it goes once more, on a fresh connection.
+                    Err((e, back)) => match back {
+                        Some((unsent, p)) => (req, pick) = (unsent, p),
+                        None => return Err(e),
+                    },
+                }
+            }
+            let connected = failover
+                .connect(pick, |p| {
+                    let pool = conns[p.index()].clone();
+                    async move { pool.connect().await }
+                })
+                .await;
+            let (p, sender) = connected.map_err(|e| match e {
+                Unreachable::Timeout => connect_failed("connect_timeout elapsed".into()),
+                Unreachable::Failed(e) => e,
+            })?;
+            *waiting = Some(p.server().clone());
+            match send_on(&conns[p.index()], sender, req, p).await {
                 Ok(resp) => return Ok(resp),
-                // The upstream closed this idle connection before the
-                // request went out: hyper hands it back untouched, and it
-                // goes once more, on a fresh connection.
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(classify(e.into_error())),
-                },
+                Err((e, back)) => {
+                    let Some((unsent, p)) = back else {
+                        return Err(e);
+                    };
+                    // A new connection closed before the request went out:
+                    // as good as refused.
+                    req = unsent;
+                    pick = failover
+                        .next(p, Outcome::ConnectFailure)
+                        .ok_or_else(|| connect_failed(e.into()))?;
+                }
             }
         }
-        let sender = self.connect(&pool.authority).await?;
-        pool.send_on(sender, req)
-            .await
-            .map_err(|e| classify(e.into_error()))
     }
+}
 
-    async fn connect(
-        &self,
-        authority: &Authority,
-    ) -> Result<SendRequest<RequestBody>, GatewayError> {
-        let connect_failed = |e: BoxError| GatewayError::Upstream {
-            kind: UpstreamFailure::Connect,
-            source: e,
-        };
-        // `[::1]` in a URL is `::1` to the resolver.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| connect_failed("connect_timeout elapsed".into()))?
-            .map_err(|e| connect_failed(e.into()))?;
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| connect_failed(e.into()))?;
-        tokio::spawn(async move {
-            // Ends when either side closes; `with_upgrades` hands a
-            // WebSocket's connection to the tunnel.
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection closed with error");
-            }
-        });
-        Ok(sender)
+/// What a failed send leaves: the error, and the request with its pick if
+/// nothing of it went out.
+type SendFailure = (GatewayError, Option<(http::Request<RequestBody>, Pick)>);
+
+/// Send on `sender`; an answer proves the server alive, and the response
+/// body gives the connection back to `pool` once read to the end.
+async fn send_on(
+    pool: &Arc<Pool>,
+    mut sender: SendRequest<RequestBody>,
+    req: http::Request<RequestBody>,
+    pick: Pick,
+) -> Result<Response<UpstreamBody>, SendFailure> {
+    match sender.try_send_request(req).await {
+        Ok(resp) => {
+            pick.report(Outcome::Success);
+            let pool = pool.clone();
+            Ok(resp.map(|incoming| UpstreamBody {
+                incoming,
+                connection: Some((pool, sender)),
+                ended: false,
+                _pick: pick,
+            }))
+        }
+        Err(mut e) => {
+            let unsent = e.take_message();
+            let error = classify(e.into_error());
+            Err((error, unsent.map(|r| (r, pick))))
+        }
     }
 }
 
@@ -237,6 +314,8 @@ pub struct UpstreamBody {
     /// The body said it was over. A chunked body only says so by ending:
     /// `is_end_stream` knows the end of a Content-Length body alone.
     ended: bool,
+    /// The server counts this exchange as in flight until the body is gone.
+    _pick: Pick,
 }
 
 impl Body for UpstreamBody {

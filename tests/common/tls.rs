@@ -85,6 +85,11 @@ impl Ca {
         }
     }
 
+    /// The CA certificate as PEM (what a config's `ca:` file holds).
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
@@ -110,7 +115,7 @@ pub fn cert_dns_names(der: &[u8]) -> Vec<String> {
 // client TLS
 // ---------------------------------------------------------------------------------------------
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(super) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 

@@ -1,19 +1,24 @@
-//! The upstream: a recording hyper HTTP/1.1 server standing in for Twenty, with "gated" paths
-//! whose progress the test controls.
+//! The upstream: a recording hyper HTTP/1.1 server (plain or TLS) standing in for Twenty, with
+//! "gated" paths whose progress the test controls and a health-check path whose status it sets.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
-use super::{ReqBody, TIMEOUT, chan_body, full};
+use super::tls::provider;
+use super::{CertFiles, ReqBody, TIMEOUT, chan_body, full};
 
 /// One request as the upstream received it.
 #[derive(Clone, Debug)]
@@ -73,10 +78,16 @@ pub fn big_byte(offset: usize) -> u8 {
     (offset % 251) as u8
 }
 
+/// The stand-in's health-check path (not `/healthz`, which tests route as a request).
+pub const HEALTH_PATH: &str = "/_health";
+
 struct UpState {
     name: String,
     rec: watch::Sender<Vec<Recorded>>,
     gates: Gates,
+    /// Status of `GET` [`HEALTH_PATH`] (health checks; not recorded as requests).
+    health: AtomicU16,
+    health_checks: watch::Sender<u64>,
 }
 
 /// A recording HTTP/1.1 upstream on 127.0.0.1:0.
@@ -89,6 +100,9 @@ struct UpState {
 /// - `_slow`: head and `first-part;` at once, `second-part` after `gates.slow`.
 /// - anything else: 200 JSON `{"upstream", "method", "target", "body_len"}` after reading the
 ///   whole body, with `X-Upstream: <name>`.
+///
+/// `GET` [`HEALTH_PATH`] (the gateway's health checks, when a test points them there) answers
+/// [`Upstream::set_health`]'s status (200 at first) and is counted apart, not recorded.
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
@@ -104,6 +118,25 @@ impl Drop for Upstream {
 }
 
 pub async fn spawn_upstream(name: &str) -> Upstream {
+    spawn_upstream_on(name, None).await
+}
+
+/// [`spawn_upstream`] over TLS with `cert` (issued by the test [`ca`](super::ca)), ALPN
+/// `http/1.1`.
+pub async fn spawn_tls_upstream(name: &str, cert: &CertFiles) -> Upstream {
+    let chain: Vec<CertificateDer<'static>> = vec![cert.der.clone()];
+    let key = PrivateKeyDer::from_pem_file(&cert.key).expect("upstream key");
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("upstream TLS config");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    spawn_upstream_on(name, Some(TlsAcceptor::from(Arc::new(config)))).await
+}
+
+async fn spawn_upstream_on(name: &str, tls: Option<TlsAcceptor>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(Vec::new());
@@ -116,6 +149,8 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
             hang: Semaphore::new(0),
             slow: Semaphore::new(0),
         },
+        health: AtomicU16::new(200),
+        health_checks: watch::channel(0).0,
     });
     let st = state.clone();
     let task = tokio::spawn(async move {
@@ -124,12 +159,18 @@ pub async fn spawn_upstream(name: &str) -> Upstream {
                 continue;
             };
             let st = st.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(move |req| upstream_handle(req, st.clone(), peer));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    None => http.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => http.serve_connection(TokioIo::new(stream), svc).await,
+                        Err(_) => return,
+                    },
+                };
             });
         }
     });
@@ -154,6 +195,14 @@ async fn upstream_handle(
     st: Arc<UpState>,
     peer: SocketAddr,
 ) -> Result<Response<RespBody>, Infallible> {
+    if req.uri().path() == HEALTH_PATH {
+        st.health_checks.send_modify(|n| *n += 1);
+        let status = st.health.load(Ordering::Relaxed);
+        return Ok(Response::builder()
+            .status(status)
+            .body(full(if status == 200 { "ok" } else { "down" }))
+            .unwrap());
+    }
     let (parts, mut body) = req.into_parts();
     let target = parts
         .uri
@@ -292,6 +341,20 @@ async fn upstream_handle(
 impl Upstream {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+    /// The status `GET` [`HEALTH_PATH`] answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.state.health.store(status, Ordering::Relaxed);
+    }
+    /// Wait until at least `n` health checks arrived in all.
+    pub async fn wait_health_checks(&self, n: u64) {
+        let mut rx = self.state.health_checks.subscribe();
+        let r = tokio::time::timeout(TIMEOUT, rx.wait_for(|c| *c >= n)).await;
+        assert!(
+            matches!(r, Ok(Ok(_))),
+            "upstream {}: fewer than {n} health checks within {TIMEOUT:?}",
+            self.name
+        );
     }
     pub fn gates(&self) -> &Gates {
         &self.state.gates

@@ -9,6 +9,7 @@ use super::{Collector, Limits, Tenant};
 use crate::auth::{Key, KeyTable};
 use crate::config::raw::RawKey;
 use crate::host::TenantId;
+use crate::scope::{Api, ApiSet, KeyScope, Scope};
 
 pub(super) fn validate_keys(
     c: &mut Collector,
@@ -66,6 +67,7 @@ pub(super) fn validate_keys(
                 })
                 .ok()
         });
+        let scope = validate_scope(c, &p, rk);
         let (Some(tenant), Some(digest)) = (tenant, digest) else {
             continue;
         };
@@ -88,10 +90,53 @@ pub(super) fn validate_keys(
                 rate,
                 expires,
                 revoked: rk.revoked.unwrap_or(false),
+                scope,
             },
         );
     }
     table
+}
+
+/// `scope` and `apis` of one key (`p` is its path, `keys[i]`).
+fn validate_scope(c: &mut Collector, p: &str, rk: &RawKey) -> KeyScope {
+    let scope = match rk.scope.as_deref() {
+        None => Scope::Write,
+        Some(s) => Scope::parse(s).unwrap_or_else(|| {
+            c.err(
+                format!("{p}.scope"),
+                format!("{s:?} is not a scope: use read or write"),
+            );
+            Scope::Write
+        }),
+    };
+    let apis = match &rk.apis {
+        None => ApiSet::ALL,
+        Some(list) if list.is_empty() => {
+            c.err(
+                format!("{p}.apis"),
+                "must name at least one API (core, metadata), or be left out for all",
+            );
+            ApiSet::ALL
+        }
+        Some(list) => {
+            let mut set = ApiSet::EMPTY;
+            for (j, name) in list.iter().enumerate() {
+                match Api::parse(name) {
+                    Some(api) if set.contains(api) => c.err(
+                        format!("{p}.apis[{j}]"),
+                        format!("{name:?} is listed twice"),
+                    ),
+                    Some(api) => set = set.with(api),
+                    None => c.err(
+                        format!("{p}.apis[{j}]"),
+                        format!("{name:?} is not an API: use core or metadata"),
+                    ),
+                }
+            }
+            set
+        }
+    };
+    KeyScope { scope, apis }
 }
 
 /// A tenant name or key id as the header value the gateway sends upstream.

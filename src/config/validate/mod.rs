@@ -6,12 +6,16 @@
 //! files) are read here, so a bad certificate fails `check`/reload, not traffic.
 //!
 //! One file per part of the config: [`values`] (addresses, durations, sizes,
-//! rates, upstream URLs, limits), [`tenants`] (tenants, their hosts and
-//! upstream overrides), [`keys`]. Each compiles into the table of the step
+//! rates, limits), [`upstreams`] (URLs and pools of servers), [`tenants`]
+//! (tenants, their hosts and upstream overrides), [`keys`], [`cluster`], [`acme`].
+//! Each compiles into the table of the step
 //! that uses it (host, route, auth).
 
+mod acme;
+mod cluster;
 mod keys;
 mod tenants;
+mod upstreams;
 mod values;
 
 use std::collections::{BTreeMap, HashSet};
@@ -22,9 +26,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use self::acme::Acme;
 pub use self::tenants::{Tenant, TenantRoute};
+use self::upstreams::{UpstreamsCtx, parse_upstream};
 pub use self::values::parse_size;
-use self::values::{parse_addr, parse_cidr, parse_upstream, validate_limits};
+use self::values::{parse_addr, parse_cidr, validate_limits};
 use super::raw::{RawAuth, RawConfig};
 use super::{ConfigError, ConfigErrors};
 use crate::auth::KeyTable;
@@ -47,6 +53,10 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     pub keys: KeyTable,
     pub access_log: bool,
+    /// Limits shared through Redis, when `cluster` is set.
+    pub cluster: Option<crate::cluster::Settings>,
+    /// ACME for tenant domains no file certificate covers.
+    pub acme: Option<Acme>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,16 +138,23 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
     let limits = validate_limits(&mut c, &raw);
 
     // Upstreams by name.
+    let mut upstreams_ctx = UpstreamsCtx::new(&dir);
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
-    for (name, url) in &raw.upstreams {
-        if let Some(u) = parse_upstream(&mut c, &format!("upstreams.{name}"), name, url) {
+    for (name, raw_upstream) in &raw.upstreams {
+        let field = format!("upstreams.{name}");
+        if let Some(u) = parse_upstream(&mut c, &mut upstreams_ctx, &field, name, raw_upstream) {
             upstreams.insert(name.clone(), Arc::new(u));
         }
     }
     let routes = validate_routes(&mut c, &raw, &upstreams);
     let (hosts, tenants, tenant_ids) =
-        tenants::validate_tenants(&mut c, &raw, &upstreams, &routes, &dir);
+        tenants::validate_tenants(&mut c, &raw, &upstreams, &routes, &dir, &mut upstreams_ctx);
     let keys = keys::validate_keys(&mut c, &raw.keys, &tenant_ids, &tenants, &limits);
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|r| cluster::validate_cluster(&mut c, r));
+    let acme = acme::validate_acme(&mut c, &raw, &dir, &certs);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors {
@@ -156,6 +173,8 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErrors> {
         tenants,
         keys,
         access_log: raw.access_log.unwrap_or(true),
+        cluster,
+        acme,
     })
 }
 

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use super::keys::{header_safe, header_value};
-use super::values::{parse_rate, parse_upstream};
+use super::upstreams::{UpstreamsCtx, parse_upstream};
+use super::values::parse_rate;
 use super::{Collector, names};
+use crate::balance::PoolSpec;
 use crate::config::raw::{RawConfig, RawTenant};
 use crate::host::{HostTable, TenantId, normalize_host};
 use crate::ratelimit::Rate;
@@ -44,6 +46,7 @@ pub(super) fn validate_tenants(
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     routes: &RouteTable,
     dir: &Path,
+    upstreams_ctx: &mut UpstreamsCtx<'_>,
 ) -> (HostTable, Vec<Tenant>, HashMap<String, TenantId>) {
     let mut hosts = HostTable::default();
     for (i, d) in raw.base_domains.iter().enumerate() {
@@ -114,7 +117,8 @@ pub(super) fn validate_tenants(
                 None => c.err(format!("{p}.domains[{j}]"), format!("invalid domain {d:?}")),
             }
         }
-        tenants.push(validate_tenant(c, &p, rt, upstreams, routes, dir));
+        let tenant = validate_tenant(c, &p, rt, upstreams, routes, dir, upstreams_ctx);
+        tenants.push(tenant);
     }
     (hosts, tenants, tenant_ids)
 }
@@ -126,9 +130,10 @@ fn validate_tenant(
     defaults: &BTreeMap<String, Arc<Upstream>>,
     routes: &RouteTable,
     dir: &Path,
+    upstreams_ctx: &mut UpstreamsCtx<'_>,
 ) -> Tenant {
     let mut own: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
-    for (name, url) in &rt.upstreams {
+    for (name, raw_upstream) in &rt.upstreams {
         let field = format!("{p}.upstreams.{name}");
         if !defaults.contains_key(name) {
             c.err(
@@ -139,7 +144,7 @@ fn validate_tenant(
                 ),
             );
         }
-        if let Some(u) = parse_upstream(c, &field, name, url) {
+        if let Some(u) = parse_upstream(c, upstreams_ctx, &field, name, raw_upstream) {
             own.insert(name.clone(), Arc::new(u));
         }
     }
@@ -154,7 +159,11 @@ fn validate_tenant(
             .unwrap_or_else(|| {
                 Arc::new(Upstream {
                     name: route.upstream.clone(),
-                    servers: Vec::new(),
+                    pool: PoolSpec {
+                        servers: Vec::new(),
+                        health_check: None,
+                        tls: None,
+                    },
                 })
             }),
     });

@@ -1,5 +1,5 @@
-//! Values: addresses, CIDRs, durations, sizes, rates, upstream URLs, and
-//! the `limits` block built from them.
+//! Values: addresses, CIDRs, durations, sizes, rates, and the `limits`
+//! block built from them.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -10,7 +10,6 @@ use ipnet::IpNet;
 use super::{Collector, Limits};
 use crate::config::raw::{RawConfig, RawRate};
 use crate::ratelimit::Rate;
-use crate::upstream::{Server, Upstream};
 
 pub(super) fn validate_limits(c: &mut Collector, raw: &RawConfig) -> Limits {
     let l = &raw.limits;
@@ -204,41 +203,5 @@ pub(super) fn parse_rate(c: &mut Collector, field: &str, r: &RawRate) -> Option<
         requests,
         per,
         burst,
-    })
-}
-
-pub(super) fn parse_upstream(
-    c: &mut Collector,
-    field: &str,
-    name: &str,
-    url: &str,
-) -> Option<Upstream> {
-    let bad = |c: &mut Collector, why: &str| {
-        c.err(
-            field,
-            format!("{url:?} is not a valid upstream URL ({why}); expected http://host:port"),
-        );
-        None
-    };
-    let Ok(uri) = url.trim().parse::<http::Uri>() else {
-        return bad(c, "malformed URL");
-    };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return bad(c, "https upstreams are not supported yet"),
-        _ => return bad(c, "scheme must be http"),
-    }
-    let Some(authority) = uri.authority().cloned() else {
-        return bad(c, "missing host");
-    };
-    if authority.as_str().contains('@') {
-        return bad(c, "credentials in the URL are not allowed");
-    }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return bad(c, "a path or query is not supported");
-    }
-    Some(Upstream {
-        name: name.into(),
-        servers: vec![Server { authority }],
     })
 }

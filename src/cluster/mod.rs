@@ -1,0 +1,558 @@
+//! Several gateways, one quota: rate limits and the auth-failure brake
+//! shared through Redis (or Redis Cluster).
+//!
+//! - [`settings`]: the `cluster:` block and its validation (no Redis contact).
+//! - [`script`]: governor's GCRA as one Lua script, Redis `TIME` its only
+//!   clock; key names (hash-tagged per tenant, quota in the name, never a
+//!   token).
+//! - [`metrics`]: `gateway_redis_*` and `gateway_ratelimit_fallback_total`.
+//! - [`Shared`] (here): one multiplexed connection, every call bounded by
+//!   `timeout`, refusals remembered locally until their `Retry-After`, and
+//!   the up/down state: after [`FAILURES_TO_DOWN`] failed calls in a row
+//!   Redis is not asked per request any more; a background task pings it
+//!   until it answers, then sharing resumes.
+//!
+//! Every method answers [`Answer::Shared`] (what Redis decided, or a local
+//! memory of it) or [`Answer::Unavailable`]; the caller applies
+//! `on_unavailable`.
+
+pub mod metrics;
+pub mod script;
+pub mod settings;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+
+pub use metrics::{ErrorKind, RedisMetrics};
+pub use settings::{RawSettings, Settings, Target, validate};
+
+use crate::ratelimit::{
+    Decision, LimitEntry, OnUnavailable, Owner, Rate, SharedChecked, SharedFuture, SharedLimits,
+    SharedRequest, Unavailable,
+};
+
+use script::{Keys, Reply};
+
+/// Failed calls in a row that mark Redis down.
+pub const FAILURES_TO_DOWN: u32 = 3;
+/// How often a down Redis is pinged.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// Bound on one probe (connecting included).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on each local memory of refusals.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// What a call produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<T> {
+    /// The shared state decided (Redis answered, or a refusal it gave
+    /// earlier still holds).
+    Shared(T),
+    /// Redis could not answer within `timeout`, or is down: apply
+    /// `on_unavailable`. Counted in `gateway_ratelimit_fallback_total`.
+    Unavailable,
+}
+
+/// The limits of one authenticated request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits<'a> {
+    pub tenant: &'a str,
+    /// The key's id and its quota, if it has one.
+    pub key: Option<(&'a str, Rate)>,
+    /// The tenant's shared cap, if it has one.
+    pub tenant_quota: Option<Rate>,
+    /// The client address and `auth_failures_per_ip`, if the brake is on.
+    pub brake: Option<(IpAddr, Rate)>,
+}
+
+/// The shared decisions for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// The client is braked for this long: no limiter was checked.
+    pub braked: Option<Duration>,
+    /// The key's limiter, if it has one (checked first).
+    pub key: Option<Decision>,
+    /// The tenant's limiter, if it has one and the key's allowed.
+    pub tenant: Option<Decision>,
+    /// Redis `TIME` (since the Unix epoch) the script decided at; `None`
+    /// when a local memory of an earlier refusal answered.
+    pub at: Option<Duration>,
+}
+
+/// The Redis-backed limiter state of one `cluster` setting. Cheap to clone;
+/// the background probe ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Shared {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    keys: Keys,
+    conn: ArcSwap<Conn>,
+    script: redis::Script,
+    up: AtomicBool,
+    failures_in_a_row: AtomicU32,
+    /// Key and anonymous limiters that refused: Redis key → allowed again at.
+    refused: Deadlines,
+    /// Braked clients: block key → blocked until.
+    blocked: Deadlines,
+    metrics: Arc<RedisMetrics>,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Why the connection could not be set up (bad TLS setup, bad URL).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the Redis client: {0}")]
+pub struct StartError(String);
+
+impl Shared {
+    /// Sets up the (lazy) connection and the background probe. Needs a Tokio
+    /// runtime; does not wait for Redis: an unreachable Redis is found
+    /// out by the first probe or calls.
+    pub fn start(settings: Settings, metrics: Arc<RedisMetrics>) -> Result<Shared, StartError> {
+        let conn = connect(&settings)?;
+        let inner = Arc::new(Inner {
+            keys: Keys {
+                prefix: settings.prefix.clone(),
+                cluster: settings.redis.is_cluster(),
+            },
+            settings,
+            conn: ArcSwap::from_pointee(conn),
+            script: redis::Script::new(script::LUA),
+            up: AtomicBool::new(true),
+            failures_in_a_row: AtomicU32::new(0),
+            refused: Deadlines::default(),
+            blocked: Deadlines::default(),
+            metrics,
+        });
+        inner.metrics.up.set(1);
+        tokio::spawn(probe(Arc::downgrade(&inner)));
+        Ok(Shared { inner })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn on_unavailable(&self) -> OnUnavailable {
+        self.inner.settings.on_unavailable
+    }
+
+    /// Forget refusals and blocks that have ended (they are also dropped
+    /// when looked up, and the maps are bounded).
+    pub fn housekeeping(&self) {
+        self.inner.refused.prune();
+        self.inner.blocked.prune();
+    }
+
+    /// Whether requests are decided by Redis (false: by the fallback).
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Acquire)
+    }
+
+    /// Brake, key limiter, tenant limiter, in one script call (none if a
+    /// local memory of an earlier refusal answers).
+    pub async fn check_request(&self, req: &RequestLimits<'_>) -> Answer<Checked> {
+        let inner = &*self.inner;
+        let block_key = req
+            .brake
+            .map(|(ip, q)| inner.keys.block(req.tenant, ip, &q));
+        if let Some(left) = block_key.as_deref().and_then(|k| inner.blocked.left(k)) {
+            return Answer::Shared(Checked {
+                braked: Some(left),
+                ..Checked::default()
+            });
+        }
+        let key = req
+            .key
+            .map(|(id, q)| (inner.keys.key(req.tenant, id, &q), q));
+        if let Some((name, q)) = &key
+            && let Some(wait) = inner.refused.left(name)
+        {
+            return Answer::Shared(Checked {
+                key: Some(Decision::denied(*q, wait)),
+                ..Checked::default()
+            });
+        }
+        let tenant = req
+            .tenant_quota
+            .map(|q| (inner.keys.tenant(req.tenant, &q), q));
+        if block_key.is_none() && key.is_none() && tenant.is_none() {
+            return Answer::Shared(Checked::default());
+        }
+
+        let limiters: Vec<&(String, Rate)> = key.iter().chain(tenant.iter()).collect();
+        let quotas: Vec<Rate> = limiters.iter().map(|(_, q)| *q).collect();
+        let mut inv = inner.script.prepare_invoke();
+        if let Some(b) = &block_key {
+            inv.key(b);
+        }
+        for (name, _) in &limiters {
+            inv.key(name);
+        }
+        for a in script::args("check", block_key.is_some(), &quotas) {
+            inv.arg(a);
+        }
+        let Some(reply) = self.call(&inv, &quotas).await else {
+            return Answer::Unavailable;
+        };
+        if let Some(left) = reply.blocked {
+            if let Some(b) = block_key {
+                inner.blocked.remember(b, left);
+            }
+            return Answer::Shared(Checked {
+                braked: Some(left),
+                at: Some(reply.now),
+                ..Checked::default()
+            });
+        }
+        let mut decisions = reply.decisions.into_iter();
+        let mut checked = Checked {
+            at: Some(reply.now),
+            ..Checked::default()
+        };
+        if let Some((name, _)) = &key {
+            let d = decisions.next();
+            if let Some(Decision::Denied { retry_after, .. }) = d {
+                inner.refused.remember(name.clone(), retry_after);
+            }
+            checked.key = d;
+        }
+        if tenant.is_some() {
+            checked.tenant = decisions.next();
+        }
+        Answer::Shared(checked)
+    }
+
+    /// Counts one failed key check from `ip`; `Some(block)` when the client
+    /// is braked (now or already).
+    pub async fn record_auth_failure(
+        &self,
+        tenant: &str,
+        ip: IpAddr,
+        quota: Rate,
+    ) -> Answer<Option<Duration>> {
+        let inner = &*self.inner;
+        let block = inner.keys.block(tenant, ip, &quota);
+        if let Some(left) = inner.blocked.left(&block) {
+            return Answer::Shared(Some(left));
+        }
+        let failures = inner.keys.failures(tenant, ip, &quota);
+        let mut inv = inner.script.prepare_invoke();
+        inv.key(&block).key(&failures);
+        for a in script::args("fail", true, &[quota]) {
+            inv.arg(a);
+        }
+        match self.call(&inv, &[]).await {
+            None => Answer::Unavailable,
+            Some(reply) => {
+                if let Some(left) = reply.blocked {
+                    inner.blocked.remember(block, left);
+                }
+                Answer::Shared(reply.blocked)
+            }
+        }
+    }
+
+    /// Whether `ip` is braked, from what this gateway has learnt from Redis
+    /// (no Redis call): for requests that would otherwise not ask it.
+    pub fn known_blocked(&self, tenant: &str, ip: IpAddr, quota: Rate) -> Option<Duration> {
+        let inner = &*self.inner;
+        inner.blocked.left(&inner.keys.block(tenant, ip, &quota))
+    }
+
+    /// `limits.anonymous_per_ip` for a request on a route without a key.
+    pub async fn check_anonymous(&self, ip: IpAddr, quota: Rate) -> Answer<Decision> {
+        let inner = &*self.inner;
+        let name = inner.keys.anonymous(ip, &quota);
+        if let Some(wait) = inner.refused.left(&name) {
+            return Answer::Shared(Decision::denied(quota, wait));
+        }
+        let mut inv = inner.script.prepare_invoke();
+        inv.key(&name);
+        for a in script::args("check", false, &[quota]) {
+            inv.arg(a);
+        }
+        match self
+            .call(&inv, &[quota])
+            .await
+            .map(|r| r.decisions.first().copied())
+        {
+            Some(Some(d)) => {
+                if let Decision::Denied { retry_after, .. } = d {
+                    inner.refused.remember(name, retry_after);
+                }
+                Answer::Shared(d)
+            }
+            _ => Answer::Unavailable,
+        }
+    }
+
+    /// One script call, bounded by `timeout`; `None` (counted as a fallback)
+    /// when Redis is down or the call failed.
+    async fn call(&self, inv: &redis::ScriptInvocation<'_>, limiters: &[Rate]) -> Option<Reply> {
+        let inner = &*self.inner;
+        if !inner.up.load(Ordering::Acquire) {
+            inner.metrics.fallback.inc();
+            return None;
+        }
+        let conn = Conn::clone(&inner.conn.load());
+        let started = Instant::now();
+        let result = tokio::time::timeout(inner.settings.timeout, async {
+            match conn {
+                Conn::Single(mut c) => inv.invoke_async::<Vec<i64>>(&mut c).await,
+                Conn::Cluster(mut c) => inv.invoke_async::<Vec<i64>>(&mut c).await,
+            }
+        })
+        .await;
+        inner
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match result {
+            Ok(Ok(v)) => match script::decode(&v, limiters) {
+                Some(reply) => {
+                    inner.failures_in_a_row.store(0, Ordering::Relaxed);
+                    return Some(reply);
+                }
+                None => (ErrorKind::Response, "unexpected script reply".to_string()),
+            },
+            Ok(Err(e)) => (classify(&e), e.to_string()),
+            Err(_) => (
+                ErrorKind::Timeout,
+                format!("no answer within {} ms", inner.settings.timeout.as_millis()),
+            ),
+        };
+        inner.failed(failure.0, &failure.1);
+        inner.metrics.fallback.inc();
+        None
+    }
+}
+
+/// The pipeline's seam: the same decisions, in the shapes the local
+/// limiters give.
+impl SharedLimits for Shared {
+    fn on_unavailable(&self) -> OnUnavailable {
+        self.inner.settings.on_unavailable
+    }
+
+    fn check<'a>(&'a self, req: SharedRequest<'a>) -> SharedFuture<'a, SharedChecked> {
+        Box::pin(async move {
+            let key_id = |l: &'a LimitEntry| match &l.owner {
+                Owner::Key(id) | Owner::Tenant(id) => (&**id, l.rate),
+            };
+            let limits = RequestLimits {
+                tenant: req.tenant,
+                key: req.key.map(key_id),
+                tenant_quota: req.tenant_limit.map(|l| l.rate),
+                brake: req.brake,
+            };
+            match self.check_request(&limits).await {
+                Answer::Shared(Checked {
+                    braked: Some(left), ..
+                }) => Ok(SharedChecked::Braked(left)),
+                Answer::Shared(c) => Ok(SharedChecked::Limits([c.key, c.tenant])),
+                Answer::Unavailable => Err(Unavailable),
+            }
+        })
+    }
+
+    fn record_failure<'a>(
+        &'a self,
+        tenant: &'a str,
+        ip: IpAddr,
+        rate: Rate,
+    ) -> SharedFuture<'a, Option<Duration>> {
+        Box::pin(async move {
+            match self.record_auth_failure(tenant, ip, rate).await {
+                Answer::Shared(blocked) => Ok(blocked),
+                Answer::Unavailable => Err(Unavailable),
+            }
+        })
+    }
+
+    fn known_blocked(&self, tenant: &str, ip: IpAddr, rate: Rate) -> Option<Duration> {
+        Shared::known_blocked(self, tenant, ip, rate)
+    }
+
+    fn check_anonymous<'a>(&'a self, ip: IpAddr, rate: Rate) -> SharedFuture<'a, Decision> {
+        Box::pin(async move {
+            match Shared::check_anonymous(self, ip, rate).await {
+                Answer::Shared(d) => Ok(d),
+                Answer::Unavailable => Err(Unavailable),
+            }
+        })
+    }
+}
+
+impl Inner {
+    fn failed(&self, kind: ErrorKind, reason: &str) {
+        self.metrics.error(kind);
+        let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row >= FAILURES_TO_DOWN && self.up.swap(false, Ordering::AcqRel) {
+            self.metrics.up.set(0);
+            tracing::warn!(
+                event = "redis_down",
+                redis = %self.settings.redis,
+                kind = kind.as_str(),
+                reason = reason,
+                failures = in_a_row,
+                on_unavailable = self.settings.on_unavailable.as_str(),
+                "Redis is not answering; limits are decided by on_unavailable until it does"
+            );
+        }
+    }
+
+    fn mark_up(&self) {
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+        if !self.up.swap(true, Ordering::AcqRel) {
+            self.metrics.up.set(1);
+            tracing::info!(
+                event = "redis_up",
+                redis = %self.settings.redis,
+                reason = "ping answered",
+                "Redis answers again; limits are shared"
+            );
+        }
+    }
+}
+
+/// While Redis is down: ping it every [`PROBE_INTERVAL`] (a fresh
+/// connection after each failed ping, in case the old one is stuck) and
+/// mark it up when it answers. Also warms the connection at start.
+async fn probe(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if !first && inner.up.load(Ordering::Acquire) {
+            continue;
+        }
+        let conn = Conn::clone(&inner.conn.load());
+        let ping = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let cmd = redis::cmd("PING");
+            match conn {
+                Conn::Single(mut c) => cmd.query_async::<String>(&mut c).await,
+                Conn::Cluster(mut c) => cmd.query_async::<String>(&mut c).await,
+            }
+        })
+        .await;
+        match ping {
+            Ok(Ok(_)) => inner.mark_up(),
+            failed => {
+                let (kind, reason) = match failed {
+                    Ok(Err(e)) => (classify(&e), e.to_string()),
+                    _ => (ErrorKind::Timeout, "ping timed out".to_string()),
+                };
+                if first || inner.up.load(Ordering::Acquire) {
+                    // The warm-up ping at start: Redis was never reachable.
+                    inner
+                        .failures_in_a_row
+                        .store(FAILURES_TO_DOWN, Ordering::Relaxed);
+                    inner.failed(kind, &reason);
+                }
+                match connect(&inner.settings) {
+                    Ok(c) => inner.conn.store(Arc::new(c)),
+                    Err(e) => tracing::warn!(event = "redis_client_error", error = %e),
+                }
+            }
+        }
+        first = false;
+    }
+}
+
+fn connect(settings: &Settings) -> Result<Conn, StartError> {
+    let err = |e: redis::RedisError| StartError(e.to_string());
+    match &settings.redis {
+        Target::Single(url) => {
+            let client = redis::Client::open(url.as_str()).map_err(err)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(PROBE_TIMEOUT))
+                .set_number_of_retries(1)
+                .set_max_delay(PROBE_INTERVAL);
+            ConnectionManager::new_lazy_with_config(client, config)
+                .map(Conn::Single)
+                .map_err(err)
+        }
+        Target::Cluster(nodes) => {
+            let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                .connection_timeout(PROBE_TIMEOUT)
+                .response_timeout(PROBE_TIMEOUT)
+                .retries(1)
+                .build()
+                .map_err(err)?;
+            Ok(Conn::Cluster(
+                client.get_pending_async_connection_with_config(
+                    redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(PROBE_TIMEOUT)
+                        .set_response_timeout(PROBE_TIMEOUT),
+                ),
+            ))
+        }
+    }
+}
+
+fn classify(e: &redis::RedisError) -> ErrorKind {
+    if e.is_timeout() {
+        ErrorKind::Timeout
+    } else if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+    {
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Response
+    }
+}
+
+/// A bounded map of name → deadline (local memory of Redis's refusals).
+#[derive(Default)]
+struct Deadlines(DashMap<String, Instant>);
+
+impl Deadlines {
+    /// Time left, if the deadline has not passed.
+    fn left(&self, name: &str) -> Option<Duration> {
+        let until = *self.0.get(name)?;
+        let now = Instant::now();
+        if until > now {
+            Some(until - now)
+        } else {
+            self.0.remove_if(name, |_, u| *u <= now);
+            None
+        }
+    }
+
+    fn prune(&self) {
+        let now = Instant::now();
+        self.0.retain(|_, u| *u > now);
+    }
+
+    fn remember(&self, name: String, left: Duration) {
+        let now = Instant::now();
+        if self.0.len() >= MAX_REMEMBERED {
+            self.prune();
+            if self.0.len() >= MAX_REMEMBERED {
+                // Full of live refusals: Redis is asked again, memory stays bounded.
+                return;
+            }
+        }
+        self.0.insert(name, now + left);
+    }
+}

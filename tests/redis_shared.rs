@@ -1,0 +1,456 @@
+//! Limits shared through a real Redis (TCP, unix socket) and a real
+//! 3-master Redis Cluster: several `Shared` instances stand for several
+//! gateways.
+
+mod redis_support;
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::clock::FakeRelativeClock;
+use prometheus_client::registry::Registry;
+use twenty_gateway::cluster::{
+    Answer, Checked, RawSettings, RedisMetrics, RequestLimits, Settings, Shared, Target,
+};
+use twenty_gateway::ratelimit::{Decision, Limiter, OnUnavailable, Rate as Quota};
+
+use redis_support::{RedisCluster, RedisServer};
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// Generous per-call timeout: the machine running the tests is busy.
+const TEST_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn quota(requests: u32, per: Duration, burst: u32) -> Quota {
+    Quota {
+        requests: NonZeroU32::new(requests).expect("nonzero"),
+        per,
+        burst: NonZeroU32::new(burst).expect("nonzero"),
+    }
+}
+
+fn settings(redis: Target, timeout: Duration) -> Settings {
+    let mut s = twenty_gateway::cluster::validate(&RawSettings {
+        redis: Some(twenty_gateway::cluster::settings::RawRedis::One(
+            "redis://127.0.0.1".into(),
+        )),
+        prefix: Some("test-gw:".into()),
+        ..RawSettings::default()
+    })
+    .expect("valid settings");
+    s.redis = redis;
+    s.timeout = timeout;
+    s
+}
+
+struct Gateway {
+    shared: Shared,
+    registry: Registry,
+}
+
+impl Gateway {
+    fn start(redis: Target, timeout: Duration) -> Gateway {
+        let metrics = Arc::new(RedisMetrics::new());
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let shared = Shared::start(settings(redis, timeout), metrics).expect("start");
+        Gateway { shared, registry }
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode");
+        out
+    }
+
+    /// The value of the first sample line starting with `prefix`.
+    fn metric(&self, prefix: &str) -> f64 {
+        self.metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+async fn check(shared: &Shared, limits: &RequestLimits<'_>) -> Checked {
+    match shared.check_request(limits).await {
+        Answer::Shared(c) => c,
+        Answer::Unavailable => panic!("Redis unavailable"),
+    }
+}
+
+fn key_only<'a>(tenant: &'a str, key: &'a str, q: Quota) -> RequestLimits<'a> {
+    RequestLimits {
+        tenant,
+        key: Some((key, q)),
+        tenant_quota: None,
+        brake: None,
+    }
+}
+
+/// N gateways, one quota: alternating between two instances, a burst of
+/// 10 gives 10 in total, with the `RateLimit` numbers of one limiter.
+async fn two_gateways_share(redis: Target, evalsha_calls: impl Fn() -> u64) {
+    let a = Gateway::start(redis.clone(), TEST_TIMEOUT);
+    let b = Gateway::start(redis, TEST_TIMEOUT);
+    let q = quota(10, HOUR, 10);
+    let limits = key_only("acme", "ci", q);
+    let mut allowed = 0;
+    for i in 0..14u32 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let c = check(&gw.shared, &limits).await;
+        match c.key.expect("key checked") {
+            Decision::Allowed { remaining, reset } => {
+                assert_eq!(remaining, 9 - i, "call {i}");
+                // one cell = 360 s
+                assert_eq!(reset, 360 * u64::from(i + 1), "call {i}");
+                allowed += 1;
+            }
+            Decision::Denied { retry_after, reset } => {
+                assert!(i >= 10, "call {i} denied");
+                assert!(retry_after <= Duration::from_secs(360) && retry_after > Duration::ZERO);
+                assert_eq!(reset, 3600);
+            }
+        }
+        assert_eq!(c.tenant, None);
+    }
+    assert_eq!(allowed, 10, "10 in total across both gateways, not 20");
+
+    // Both have been refused once by Redis: from now on they answer
+    // locally until Retry-After, without a Redis call.
+    let before = evalsha_calls();
+    for gw in [&a, &b, &a, &b] {
+        let c = check(&gw.shared, &limits).await;
+        assert!(!c.key.expect("key").is_allowed());
+        assert_eq!(c.at, None, "answered from local memory");
+    }
+    assert_eq!(evalsha_calls(), before, "no Redis call for a refused key");
+    assert_eq!(a.metric("gateway_redis_up "), 1.0);
+    // a asked Redis for calls 0, 2, .., 10; call 12 it answered itself.
+    assert_eq!(a.metric("gateway_redis_duration_seconds_count "), 6.0);
+    assert_eq!(a.metric("gateway_ratelimit_fallback_total "), 0.0);
+}
+
+fn assert_keys_are_bounded(keys: &[(String, i64)]) {
+    assert!(!keys.is_empty());
+    for (k, ttl) in keys {
+        assert!(k.starts_with("test-gw:"), "{k}");
+        assert!(*ttl > 0, "{k} has no expiry ({ttl})");
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_key_quota() {
+    let server = RedisServer::tcp();
+    two_gateways_share(Target::Single(server.url()), || server.calls("evalsha")).await;
+    let keys = server.keys_with_ttl();
+    assert_keys_are_bounded(&keys);
+    assert_eq!(
+        keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["test-gw:{t:acme}:k:ci:q10p3600000000000b10"]
+    );
+}
+
+#[tokio::test]
+async fn two_gateways_share_over_a_unix_socket() {
+    let server = RedisServer::unix();
+    two_gateways_share(Target::Single(server.url()), || server.calls("evalsha")).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_shares_key_tenant_and_brake() {
+    let cluster = RedisCluster::start();
+    let target = Target::Cluster(cluster.urls());
+    two_gateways_share(target.clone(), || cluster.calls("evalsha")).await;
+
+    // Key, tenant and brake keys of one request in one script call: they
+    // must share a slot, for many tenants spread over the three masters.
+    let a = Gateway::start(target.clone(), TEST_TIMEOUT);
+    let b = Gateway::start(target, TEST_TIMEOUT);
+    let ip: IpAddr = "192.0.2.7".parse().expect("ip");
+    let brake = quota(2, HOUR, 2);
+    for t in 0..12 {
+        let tenant = format!("tenant-{t}");
+        let limits = RequestLimits {
+            tenant: &tenant,
+            key: Some(("k", quota(5, HOUR, 5))),
+            tenant_quota: Some(quota(3, HOUR, 3)),
+            brake: Some((ip, brake)),
+        };
+        let mut tenant_allowed = 0;
+        for i in 0..4 {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            let c = check(&gw.shared, &limits).await;
+            assert!(c.key.expect("key").is_allowed());
+            if c.tenant.expect("tenant").is_allowed() {
+                tenant_allowed += 1;
+            }
+        }
+        assert_eq!(tenant_allowed, 3, "{tenant}");
+    }
+    // The brake, kept per tenant and client address in cluster mode.
+    for _ in 0..2 {
+        assert_eq!(
+            a.shared.record_auth_failure("tenant-0", ip, brake).await,
+            Answer::Shared(None)
+        );
+    }
+    let Answer::Shared(Some(block)) = b.shared.record_auth_failure("tenant-0", ip, brake).await
+    else {
+        panic!("third failure in the hour brakes")
+    };
+    assert!(block > Duration::from_secs(1700) && block <= Duration::from_secs(1800));
+    let limits = RequestLimits {
+        tenant: "tenant-0",
+        key: Some(("k", quota(5, HOUR, 5))),
+        tenant_quota: None,
+        brake: Some((ip, brake)),
+    };
+    let c = check(&a.shared, &limits).await;
+    assert!(c.braked.is_some() && c.key.is_none(), "{c:?}");
+    assert_keys_are_bounded(&cluster.keys_with_ttl());
+}
+
+#[tokio::test]
+async fn decisions_equal_the_local_limiter() {
+    let server = RedisServer::tcp();
+    let gw = Gateway::start(Target::Single(server.url()), TEST_TIMEOUT);
+    // Intervals that are not whole microseconds (1s/3, 1s/7), bursts > 1.
+    let key_q = quota(21, Duration::from_secs(1), 3);
+    let tenant_q = quota(14, Duration::from_secs(2), 4);
+    let limits = RequestLimits {
+        tenant: "acme",
+        key: Some(("ci", key_q)),
+        tenant_quota: Some(tenant_q),
+        brake: None,
+    };
+    let clock = FakeRelativeClock::default();
+    // The gateway's own limiter, on a clock that follows Redis's.
+    let key_l = Limiter::with_clock(key_q, clock.clone());
+    let tenant_l = Limiter::with_clock(tenant_q, clock.clone());
+    let (mut base, mut clock_at) = (None, Duration::ZERO);
+    let (mut allowed, mut key_denied, mut tenant_denied, mut remembered) = (0, 0, 0, 0);
+    let mut seed = 0x2545_f491_u64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let c = check(&gw.shared, &limits).await;
+        let Some(at) = c.at else {
+            // Answered from local memory of a refusal: the Redis state (and
+            // governor's, which a refusal does not change) stays as it was.
+            assert!(!c.key.expect("key").is_allowed());
+            remembered += 1;
+            continue;
+        };
+        let since = at - *base.get_or_insert(at);
+        clock.advance(since - clock_at);
+        clock_at = since;
+        let want_key = key_l.check();
+        let want_tenant = want_key.is_allowed().then(|| tenant_l.check());
+        assert_eq!(
+            (c.key, c.tenant),
+            (Some(want_key), want_tenant),
+            "at {since:?}"
+        );
+        match (want_key.is_allowed(), want_tenant.map(|d| d.is_allowed())) {
+            (false, _) => key_denied += 1,
+            (true, Some(false)) => tenant_denied += 1,
+            _ => allowed += 1,
+        }
+        // 0–40 ms apart: faster than both rates on average.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(seed % 40)).await;
+    }
+    assert!(
+        allowed >= 5 && key_denied >= 2 && tenant_denied >= 2,
+        "allowed {allowed}, key denied {key_denied}, tenant denied {tenant_denied}, remembered {remembered}"
+    );
+}
+
+#[tokio::test]
+async fn brake_and_anonymous_budget_are_shared() {
+    let server = RedisServer::tcp();
+    let a = Gateway::start(Target::Single(server.url()), TEST_TIMEOUT);
+    let b = Gateway::start(Target::Single(server.url()), TEST_TIMEOUT);
+    // Two addresses of one IPv6 /64 are one client.
+    let ip1: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+    let ip2: IpAddr = "2001:db8:1:2::ffff".parse().expect("ip");
+    let brake = quota(3, HOUR, 3);
+    for (gw, ip) in [(&a, ip1), (&b, ip2), (&a, ip2)] {
+        assert_eq!(
+            gw.shared.record_auth_failure("acme", ip, brake).await,
+            Answer::Shared(None)
+        );
+    }
+    let Answer::Shared(Some(block)) = b.shared.record_auth_failure("acme", ip1, brake).await else {
+        panic!("the fourth failure brakes")
+    };
+    assert!(block > Duration::from_secs(1100) && block <= Duration::from_secs(1200));
+    // Outside cluster mode the brake is per address, whatever the tenant.
+    let limits = RequestLimits {
+        tenant: "other",
+        key: Some(("k", quota(5, HOUR, 5))),
+        tenant_quota: None,
+        brake: Some((ip2, brake)),
+    };
+    let c = check(&a.shared, &limits).await;
+    assert!(c.braked.is_some() && c.key.is_none(), "{c:?}");
+    assert!(a.shared.known_blocked("acme", ip1, brake).is_some());
+    let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+    assert!(
+        check(
+            &a.shared,
+            &RequestLimits {
+                brake: Some((other, brake)),
+                ..limits
+            }
+        )
+        .await
+        .braked
+        .is_none()
+    );
+
+    let anon = quota(5, HOUR, 5);
+    let mut allowed = 0;
+    for i in 0..8 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        match gw.shared.check_anonymous(ip1, anon).await {
+            Answer::Shared(d) if d.is_allowed() => allowed += 1,
+            Answer::Shared(_) => {}
+            Answer::Unavailable => panic!("unavailable"),
+        }
+    }
+    assert_eq!(allowed, 5);
+    assert_keys_are_bounded(&server.keys_with_ttl());
+}
+
+#[tokio::test]
+async fn a_reload_gets_no_fresh_burst_a_changed_quota_does() {
+    let server = RedisServer::tcp();
+    let target = Target::Single(server.url());
+    let q = quota(3, HOUR, 3);
+    let before = Gateway::start(target.clone(), TEST_TIMEOUT);
+    for _ in 0..3 {
+        assert!(
+            check(&before.shared, &key_only("acme", "ci", q))
+                .await
+                .key
+                .expect("key")
+                .is_allowed()
+        );
+    }
+    drop(before);
+    // What a reload (or a restart) builds: a new instance, same quota.
+    let after = Gateway::start(target, TEST_TIMEOUT);
+    let c = check(&after.shared, &key_only("acme", "ci", q)).await;
+    assert!(!c.key.expect("key").is_allowed());
+    assert!(c.at.is_some(), "Redis decided");
+    let changed = quota(4, HOUR, 4);
+    let c = check(&after.shared, &key_only("acme", "ci", changed)).await;
+    assert_eq!(
+        c.key,
+        Some(Decision::Allowed {
+            remaining: 3,
+            reset: 900
+        })
+    );
+}
+
+#[tokio::test]
+async fn redis_down_falls_back_fast_then_shares_again() {
+    let mut server = RedisServer::tcp();
+    let target = Target::Single(server.url());
+    let timeout = Duration::from_millis(100);
+    let a = Gateway::start(target.clone(), timeout);
+    let b = Gateway::start(target, timeout);
+    let q = quota(10, HOUR, 10);
+    let limits = key_only("acme", "ci", q);
+    check(&a.shared, &limits).await;
+    check(&b.shared, &limits).await;
+    assert_eq!(a.shared.on_unavailable(), OnUnavailable::Local);
+
+    server.kill();
+    // Each call gives up within the timeout (generous bound) until three
+    // in a row have failed; then Redis is not asked per request.
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(a.shared.check_request(&limits).await, Answer::Unavailable);
+        assert!(started.elapsed() < timeout + Duration::from_secs(1));
+    }
+    assert!(!a.shared.is_up());
+    assert_eq!(a.metric("gateway_redis_up "), 0.0);
+    let calls = a.metric("gateway_redis_duration_seconds_count ");
+    let started = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(a.shared.check_request(&limits).await, Answer::Unavailable);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no waiting while down"
+    );
+    assert_eq!(a.metric("gateway_redis_duration_seconds_count "), calls);
+    assert_eq!(a.metric("gateway_ratelimit_fallback_total "), 53.0);
+    let text = a.metrics_text();
+    assert!(
+        text.contains("gateway_redis_errors_total{kind=\"connect\"}")
+            || text.contains("gateway_redis_errors_total{kind=\"timeout\"}"),
+        "{text}"
+    );
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !a.shared.is_up() {
+        assert!(Instant::now() < deadline, "Redis not seen up again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.metric("gateway_redis_up "), 1.0);
+    // Shared again (the restarted Redis kept nothing: a fresh quota of 10
+    // for the fleet). b may still have to notice the restart itself.
+    let mut allowed = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    while i < 14 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        match gw.shared.check_request(&limits).await {
+            Answer::Shared(c) => {
+                allowed += u32::from(c.key.expect("key").is_allowed());
+                i += 1;
+            }
+            Answer::Unavailable => {
+                assert!(Instant::now() < deadline, "b does not share again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(allowed, 10);
+}
+
+#[tokio::test]
+async fn unreachable_at_start_is_down_until_it_answers() {
+    let mut server = RedisServer::tcp();
+    server.kill();
+    let timeout = Duration::from_millis(100);
+    let gw = Gateway::start(Target::Single(server.url()), timeout);
+    let limits = key_only("acme", "ci", quota(10, HOUR, 10));
+    // The warm-up probe or the first calls find it down; no call waits
+    // much longer than the timeout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.shared.is_up() {
+        assert!(Instant::now() < deadline, "never marked down");
+        let started = Instant::now();
+        assert_eq!(gw.shared.check_request(&limits).await, Answer::Unavailable);
+        assert!(started.elapsed() < timeout + Duration::from_secs(1));
+    }
+    assert_eq!(gw.shared.check_request(&limits).await, Answer::Unavailable);
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !gw.shared.is_up() {
+        assert!(Instant::now() < deadline, "Redis not seen up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = check(&gw.shared, &limits).await;
+    assert!(c.key.expect("key").is_allowed() && c.at.is_some());
+}
