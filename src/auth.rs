@@ -205,6 +205,11 @@ mod tests {
 
     use super::*;
 
+    /// When the key `soon` expires (2096).
+    fn soon() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000)
+    }
+
     fn table() -> KeyTable {
         let mut t = KeyTable::default();
         for (i, (token, tenant, revoked, expires)) in [
@@ -217,6 +222,7 @@ mod tests {
                 Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1)),
             ),
             ("other", 1, false, None),
+            ("soon", 0, false, Some(soon())),
         ]
         .into_iter()
         .enumerate()
@@ -239,11 +245,15 @@ mod tests {
     }
 
     fn auth(values: &[&str]) -> Result<String, String> {
+        auth_at(values, SystemTime::now())
+    }
+
+    fn auth_at(values: &[&str], now: SystemTime) -> Result<String, String> {
         let mut h = HeaderMap::new();
         for v in values {
             h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
         }
-        authenticate(&table(), &h, 0, SystemTime::now())
+        authenticate(&table(), &h, 0, now)
             .map(|k| k.id.to_string())
             .map_err(|r| r.error.outcome().as_str().to_string())
     }
@@ -275,6 +285,25 @@ mod tests {
             auth(&["Bearer good", "Bearer good"]),
             Err("bad_request".into())
         );
+    }
+
+    /// A key is refused from its `expires` instant on by the very same table
+    /// (no reload): each request is checked at its own time
+    /// (tests/live_reload.rs runs this against the binary).
+    #[test]
+    fn a_key_expires_at_its_instant_without_a_new_table() {
+        let (ms, soon) = (Duration::from_millis, soon());
+        assert_eq!(
+            auth_at(&["Bearer soon"], soon - ms(3000)),
+            Ok("soon".into())
+        );
+        assert_eq!(auth_at(&["Bearer soon"], soon - ms(1)), Ok("soon".into()));
+        assert_eq!(auth_at(&["Bearer soon"], soon), Err("expired_key".into()));
+        assert_eq!(
+            auth_at(&["Bearer soon"], soon + ms(1)),
+            Err("expired_key".into())
+        );
+        assert_eq!(auth_at(&["Bearer good"], soon + ms(1)), Ok("good".into()));
     }
 
     #[test]

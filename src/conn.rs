@@ -236,7 +236,7 @@ pub async fn serve<T: Transport>(
 #[derive(Debug, PartialEq)]
 enum Idle {
     /// Check again at this instant.
-    Later(TokioInstant),
+    Later(Instant),
     Park,
     Close,
 }
@@ -252,6 +252,10 @@ enum Idle {
 /// `header_read_timeout`, which hyper also runs while it waits for a head:
 /// a connection between requests is parked before that could close it, so
 /// waiting between requests is bounded by `idle_timeout` alone.
+///
+/// The clock is a pure function of the [`Activity`], its own back-off and
+/// the `now` it is given: the connection passes the time, the tests pass
+/// any time they like.
 struct IdleClock {
     idle: Duration,
     /// `None`: this connection does not park (HTTP/2).
@@ -285,14 +289,14 @@ impl IdleClock {
     }
 
     /// When to look first, and again after a parked connection wakes.
-    fn restart(&mut self) -> TokioInstant {
+    fn restart(&mut self, now: Instant) -> Instant {
         self.interval = self.park_after.unwrap_or(self.idle);
         self.fresh = true;
-        TokioInstant::now() + self.interval.min(self.idle)
+        now + self.interval.min(self.idle)
     }
 
-    fn check(&mut self, activity: &Activity) -> Idle {
-        let now = Instant::now();
+    /// Look at the connection at `now`.
+    fn check(&mut self, activity: &Activity, now: Instant) -> Idle {
         let since = activity.idle_since();
         let for_ = since.map(|s| now.duration_since(s));
         if for_.is_some_and(|f| f >= self.idle) {
@@ -305,7 +309,7 @@ impl IdleClock {
                 (None, None) => now + self.idle,
                 (Some(_), _) => now + self.backoff(),
             };
-            return Idle::Later(next.into());
+            return Idle::Later(next);
         };
         if f >= park_after && activity.between_requests() {
             return Idle::Park;
@@ -319,7 +323,7 @@ impl IdleClock {
         };
         self.fresh = false;
         // Never later than idle_timeout.
-        Idle::Later(next.min(s + self.idle).into())
+        Idle::Later(next.min(s + self.idle))
     }
 
     fn backoff(&mut self) -> Duration {
@@ -343,7 +347,7 @@ async fn serve_h2<T: Transport>(
     let svc = service_fn(move |req| Box::pin(proxy::handle(gw.clone(), svc_info.clone(), req)));
     let mut conn = Box::pin(http2_builder(limits).serve_connection(TokioIo::new(io), svc));
     let mut clock = IdleClock::new(limits, false);
-    let timer = tokio::time::sleep_until(clock.restart());
+    let timer = tokio::time::sleep_until(clock.restart(Instant::now()).into());
     let mut timer = std::pin::pin!(timer);
     let mut closing = *drain.borrow();
     if closing {
@@ -357,8 +361,8 @@ async fn serve_h2<T: Transport>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = &mut timer, if !closing => match clock.check(&info.activity) {
-                Idle::Later(at) => timer.as_mut().reset(at),
+            _ = &mut timer, if !closing => match clock.check(&info.activity, Instant::now()) {
+                Idle::Later(at) => timer.as_mut().reset(at.into()),
                 Idle::Park | Idle::Close => {
                     tracing::debug!(event = "idle_close", peer = %info.peer, "closing idle connection");
                     closing = true;
@@ -381,7 +385,7 @@ async fn serve_h1<T: Transport>(
 ) {
     let builder = http1_builder(limits);
     let mut clock = IdleClock::new(limits, true);
-    let timer = tokio::time::sleep_until(clock.restart());
+    let timer = tokio::time::sleep_until(clock.restart(Instant::now()).into());
     let mut timer = std::pin::pin!(timer);
     loop {
         match serve_until_parked(
@@ -411,7 +415,7 @@ async fn serve_h1<T: Transport>(
                 if res.is_err() {
                     return;
                 }
-                timer.as_mut().reset(clock.restart());
+                timer.as_mut().reset(clock.restart(Instant::now()).into());
             }
             _ = drain.changed() => return close(io).await,
             _ = &mut timer => {
@@ -459,8 +463,8 @@ async fn serve_until_parked<T: Transport>(
                     Pin::new(&mut *conn).graceful_shutdown();
                 }
                 _ = timer.as_mut(), if !closing => {
-                    match clock.check(&info.activity) {
-                        Idle::Later(at) => timer.as_mut().reset(at),
+                    match clock.check(&info.activity, Instant::now()) {
+                        Idle::Later(at) => timer.as_mut().reset(at.into()),
                         Idle::Park => {
                             closing = true;
                             info.activity.parking.store(true, Ordering::Relaxed);
@@ -493,7 +497,7 @@ async fn serve_until_parked<T: Transport>(
         // before it is done — its head stays under `header_read_timeout`.
         io.replay = Bytes::from([&parts.read_buf[..], &io.replay[..]].concat());
         info.activity.read_bytes();
-        timer.as_mut().reset(clock.restart());
+        timer.as_mut().reset(clock.restart(Instant::now()).into());
     }
 }
 
@@ -509,77 +513,162 @@ mod tests {
     const IDLE: Duration = Duration::from_secs(60);
     const HEAD: Duration = Duration::from_secs(10);
 
-    /// A connection whose last request started or finished `ago`.
-    fn opened(ago: Duration) -> Instant {
-        Instant::now().checked_sub(ago).expect("uptime")
+    /// The tests' "now": the clock only ever sees instants it is given.
+    fn t0() -> Instant {
+        Instant::now()
     }
-    fn activity(ago: Duration) -> Activity {
-        Activity::at(opened(ago), 0, false)
+    /// A connection whose last request started or finished at `at`.
+    fn activity(at: Instant) -> Activity {
+        Activity::at(at, 0, false)
     }
     /// ... and that request has finished, nothing read since.
-    fn between(ago: Duration) -> Activity {
-        Activity::at(opened(ago), 0, true)
+    fn between(at: Instant) -> Activity {
+        Activity::at(at, 0, true)
+    }
+    /// ... with a request in flight since `at`.
+    fn busy(at: Instant) -> Activity {
+        Activity::at(at, 1, false)
     }
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
-    fn later_in(idle: Idle) -> Duration {
+    fn later_in(idle: Idle, now: Instant) -> Duration {
         match idle {
-            Idle::Later(at) => at.saturating_duration_since(TokioInstant::now()),
+            Idle::Later(at) => at.saturating_duration_since(now),
             other => panic!("expected Later, got {other:?}"),
+        }
+    }
+    /// Follow the connection's timer from `from` (each look at the instant
+    /// the previous one asked for) until the clock parks or closes — what it
+    /// said and when — or asks to look again after `until`: `Later` and the
+    /// instant of that next look.
+    fn run(c: &mut IdleClock, a: &Activity, from: Instant, until: Instant) -> (Idle, Instant) {
+        let mut now = from;
+        loop {
+            match c.check(a, now) {
+                Idle::Later(at) if at <= until => {
+                    assert!(at > now, "the clock asked to look again at once");
+                    now = at;
+                }
+                Idle::Later(at) => return (Idle::Later(at), at),
+                other => return (other, now),
+            }
         }
     }
 
     #[test]
     fn a_quiet_connection_parks_park_after_its_last_request() {
+        let now = t0();
         let mut c = IdleClock::with(IDLE, HEAD, true);
-        assert_eq!(c.check(&between(ms(150))), Idle::Park);
+        assert_eq!(c.check(&between(now - ms(150)), now), Idle::Park);
         // looked too early: next look when PARK_AFTER is reached, no back-off
         let mut c = IdleClock::with(IDLE, HEAD, true);
-        let wait = later_in(c.check(&between(ms(30))));
-        assert!(wait <= ms(70), "{wait:?}");
+        let wait = later_in(c.check(&between(now - ms(30)), now), now);
+        assert_eq!(wait, ms(70));
         assert_eq!(c.interval, PARK_AFTER);
     }
 
     #[test]
     fn a_busy_connection_is_looked_at_less_and_less_often() {
+        let now = t0();
         let mut c = IdleClock::with(IDLE, HEAD, true);
-        let busy = Activity::at(opened(ms(0)), 1, false);
+        let busy = busy(now);
         let intervals: Vec<u128> = (0..6)
             .map(|_| {
-                let wait = later_in(c.check(&busy));
-                assert!(wait <= c.interval);
+                let wait = later_in(c.check(&busy, now), now);
+                assert_eq!(wait, c.interval);
                 c.interval.as_millis()
             })
             .collect();
         assert_eq!(intervals, [200, 400, 800, 1600, 2000, 2000]);
         // parking (a wake-up) starts over
-        c.restart();
+        assert_eq!(c.restart(now), now + PARK_AFTER);
         assert_eq!(c.interval, PARK_AFTER);
         // never longer than half of header_read_timeout
         let mut c = IdleClock::with(IDLE, Duration::from_secs(1), true);
-        let waits: Vec<Duration> = (0..6).map(|_| later_in(c.check(&busy))).collect();
+        let waits: Vec<Duration> = (0..6).map(|_| later_in(c.check(&busy, now), now)).collect();
         assert!(waits.iter().all(|w| *w <= ms(500)), "{waits:?}");
     }
 
     #[test]
     fn never_parked_mid_head_or_before_the_first_request() {
+        let now = t0();
         let mut c = IdleClock::with(IDLE, HEAD, true);
-        let arriving = between(ms(500));
+        let arriving = between(now - ms(500));
         arriving.read_bytes();
-        assert!(matches!(c.check(&arriving), Idle::Later(_)));
-        let fresh = activity(Duration::from_secs(5));
-        assert!(matches!(c.check(&fresh), Idle::Later(_)));
+        assert!(matches!(c.check(&arriving, now), Idle::Later(_)));
+        let fresh = activity(now - Duration::from_secs(5));
+        assert!(matches!(c.check(&fresh, now), Idle::Later(_)));
     }
 
     #[test]
     fn idle_timeout_closes_and_http2_never_parks() {
+        let now = t0();
         for parks in [true, false] {
             let mut c = IdleClock::with(IDLE, HEAD, parks);
-            assert_eq!(c.check(&between(IDLE)), Idle::Close);
+            assert_eq!(c.check(&between(now - IDLE), now), Idle::Close);
         }
         let mut c = IdleClock::with(IDLE, HEAD, false);
-        let wait = later_in(c.check(&between(Duration::from_secs(5))));
-        assert!(wait > Duration::from_secs(54) && wait <= Duration::from_secs(55));
+        let wait = later_in(c.check(&between(now - Duration::from_secs(5)), now), now);
+        assert_eq!(wait, Duration::from_secs(55));
+    }
+
+    /// `idle_timeout: 1s`, `header_read_timeout: 30s` (tests/hostile_slow.rs,
+    /// tests/hostile_h2.rs): a connection that never sent a request, or has
+    /// been idle since its last one, is closed exactly at `idle_timeout` —
+    /// HTTP/2 and an HTTP/1.1 one that never parks — and not a moment before.
+    #[test]
+    fn an_idle_connection_closes_at_idle_timeout_and_not_before() {
+        let idle = Duration::from_secs(1);
+        let start = t0();
+        let horizon = start + Duration::from_secs(3600);
+        for (parks, a) in [
+            (false, activity(start)),
+            (false, between(start)),
+            (true, activity(start)),
+        ] {
+            let mut c = IdleClock::with(idle, Duration::from_secs(30), parks);
+            let first = c.restart(start);
+            let (said, at) = run(&mut c, &a, first, horizon);
+            assert_eq!(said, Idle::Close, "parks {parks}");
+            assert_eq!(
+                at,
+                start + idle,
+                "parks {parks}: closed at {:?}",
+                at - start
+            );
+            let mut c = IdleClock::with(idle, Duration::from_secs(30), parks);
+            let early = start + idle - ms(1);
+            assert!(matches!(c.check(&a, early), Idle::Later(at) if at <= start + idle));
+        }
+    }
+
+    /// `idle_timeout: 1s` (tests/hostile_slow.rs): a request in flight keeps
+    /// its connection however long it takes — an hour of looks, HTTP/1.1 and
+    /// HTTP/2, neither parks nor closes — and once it has finished, the
+    /// connection is idle from the finish: HTTP/2 closes at `idle_timeout`;
+    /// HTTP/1.1 parks once `PARK_AFTER` has passed or closes once
+    /// `idle_timeout` has — at its next look, which its back-off may put up
+    /// to [`PARK_CHECK_MAX`] after the finish.
+    #[test]
+    fn a_request_in_flight_is_never_cut_and_idle_counts_from_its_end() {
+        let idle = Duration::from_secs(1);
+        let start = t0();
+        let finish = start + Duration::from_secs(3600);
+        for parks in [true, false] {
+            let mut c = IdleClock::with(idle, Duration::from_secs(30), parks);
+            let first = c.restart(start);
+            let (said, next_look) = run(&mut c, &busy(start), first, finish);
+            assert!(matches!(said, Idle::Later(_)), "parks {parks}: {said:?}");
+            let done = between(finish);
+            let (said, at) = run(&mut c, &done, next_look, finish + Duration::from_secs(60));
+            let after = at - finish;
+            match said {
+                Idle::Park if parks => assert!(after >= PARK_AFTER && after < idle, "{after:?}"),
+                Idle::Close if parks => assert!(after >= idle && after <= PARK_CHECK_MAX),
+                Idle::Close => assert_eq!(after, idle),
+                other => panic!("parks {parks}: {other:?} {after:?} after the finish"),
+            }
+        }
     }
 }

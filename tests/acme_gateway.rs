@@ -3,7 +3,7 @@
 //! against the gateway's own listeners, so their ports are chosen first.
 
 mod acme_support;
-mod common;
+pub mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Authentication: SPEC's table row by row, error shapes, and the auth-failure brake.
 
-mod common;
+pub mod common;
 
 use common::*;
 use http::Method;
@@ -48,14 +48,10 @@ async fn gateway(up: &Upstream) -> Gateway {
         .await
 }
 
-/// GET `path` on acme.gw.test with extra headers; returns (response, request id).
+/// GET `path` on a new connection to acme.gw.test with extra headers; returns (response,
+/// request id).
 async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> (Resp, String) {
-    let mut c = gw.h1("acme.gw.test").await;
-    let id = rid();
-    let mut h: Vec<(&str, &str)> = headers.to_vec();
-    h.push(("x-request-id", &id));
-    let r = c.get(path, &h).await;
-    (r, id)
+    gw.h1("acme.gw.test").await.get_with_id(path, headers).await
 }
 
 #[tokio::test]

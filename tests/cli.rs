@@ -1,6 +1,6 @@
 //! Command line: hash-key, gen-key, check, startup with a bad config, usage errors.
 
-mod common;
+pub mod common;
 
 use common::*;
 

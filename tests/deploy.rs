@@ -17,7 +17,7 @@
 //! A test whose tool is missing (`systemd-analyze`, `kubectl`, `docker compose`) prints
 //! `SKIPPED: ...` on stderr and passes; everything else runs anywhere.
 
-mod common;
+pub mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::symlink;
@@ -1130,7 +1130,7 @@ async fn configmap_volume_paths_resolve_next_to_the_config_path_as_given() {
     // `..<timestamp>` directory the symlinks pointed at is gone.
     let late = with_late_key(&conf);
     vol.publish(&volume_files(&late.render(), &volume_cert("v2")));
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     gw.signal("HUP");
     let ev = gw
         .wait_event_after(start, |e| e == "reload" || e == "reload_failed")
@@ -1165,7 +1165,7 @@ async fn configmap_data_swap_reloads_through_the_file_watch() {
 
     // Version 2: a new key, a new certificate.
     let late = with_late_key(&conf);
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     let since = std::time::Instant::now();
     vol.publish(&volume_files(&late.render(), &volume_cert("v2")));
     wait_watch_reload(&gw, start, since).await;
@@ -1179,7 +1179,7 @@ async fn configmap_data_swap_reloads_through_the_file_watch() {
         key_yaml("acme-ci", "acme", TOKEN_ACME, "revoked: true"),
         key_yaml("late", "acme", TOKEN_LATE, "")
     ));
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     let since = std::time::Instant::now();
     vol.publish(&volume_files(&revoked.render(), &volume_cert("v3")));
     wait_watch_reload(&gw, start, since).await;
@@ -1200,7 +1200,7 @@ async fn configmap_data_swap_with_only_a_renewed_certificate_reloads() {
     let up = spawn_upstream("core").await;
     let conf = volume_conf(&up);
     let (gw, mut vol) = spawn_on_volume(&conf).await;
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     let since = std::time::Instant::now();
     vol.publish(&volume_files(&conf.render(), &volume_cert("renewed")));
     wait_watch_reload(&gw, start, since).await;

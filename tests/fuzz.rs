@@ -7,7 +7,7 @@
 //! per property. Failures are shrunk and persisted by proptest under `proptest-regressions/`,
 //! and replayed first on the next run. Bounded: the whole file runs in a few seconds.
 
-mod common;
+pub mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -14,7 +14,7 @@
 //! `HOSTILE_REPORT=1 cargo test --test hostile -- --nocapture` prints one table row per
 //! framing/host case: transport, case, status, connection closed, what the upstream got.
 
-mod common;
+pub mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -133,10 +133,6 @@ impl Wire {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// A strict HTTP/1.1 request-stream parser (stricter than any real server should need to be):
 /// CRLF only, no obs-fold, no whitespace before colons, no control bytes in values, exactly
 /// one of Content-Length (single, decimal) or `Transfer-Encoding: chunked`, strict chunks,
@@ -159,7 +155,7 @@ fn parse_wire(s: &[u8]) -> Result<Vec<Wire>, String> {
 
 /// One request; a body cut short marks it `truncated` (and it must be the last).
 fn parse_one(mut s: &[u8]) -> Result<(Wire, &[u8]), String> {
-    let end = find(s, b"\r\n\r\n").ok_or("incomplete request head")?;
+    let end = find_bytes(s, b"\r\n\r\n").ok_or("incomplete request head")?;
     let head = &s[..end];
     for (i, b) in head.iter().enumerate() {
         match b {
@@ -220,7 +216,7 @@ fn parse_one(mut s: &[u8]) -> Result<(Wire, &[u8]), String> {
             return Err(format!("Transfer-Encoding {te:?}"));
         }
         loop {
-            let Some(le) = find(s, b"\r\n") else {
+            let Some(le) = find_bytes(s, b"\r\n") else {
                 truncated = true;
                 break;
             };
@@ -305,32 +301,16 @@ struct Fx {
 async fn fixture(limits: &[&str]) -> Fx {
     let up = spawn_upstream("core").await;
     let tap = Tap::spawn(up.addr).await;
-    let mut conf = Conf::new(&tap.url(), &tap.url())
+    let gw = Conf::new(&tap.url(), &tap.url())
         .with_http()
         .with_admin()
         .routes(
             "  - { prefix: /rest, upstream: core }\n  - { prefix: /graphql, upstream: core }\n  - { prefix: /public, upstream: core, auth: false }\n",
-        );
-    for l in limits {
-        conf = conf.limit(l);
-    }
-    let gw = conf.spawn().await;
+        )
+        .limits(limits)
+        .spawn()
+        .await;
     Fx { up, tap, gw }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Via {
-    Tls,
-    Plain,
-}
-
-const VIAS: [Via; 2] = [Via::Tls, Via::Plain];
-
-async fn raw(gw: &Gateway, via: Via) -> RawConn {
-    match via {
-        Via::Tls => RawConn::tls(gw.https(), Some("acme.gw.test")).await,
-        Via::Plain => RawConn::plain(gw.http()).await,
-    }
 }
 
 /// Fill a request template: `{P}` path, `{T}` token, `{A}` the Authorization line (CRLF),
@@ -343,33 +323,6 @@ fn fill(t: &str, path: &str) -> Vec<u8> {
         .replace("{A}", &auth)
         .replace("{S}", &smuggled)
         .into_bytes()
-}
-
-/// A gateway error: 4xx with a JSON body in the REST shape with the given code.
-fn json_error(r: &RawResp, status: u16, code: &str) -> Result<(), String> {
-    if r.status != status {
-        return Err(format!(
-            "status {} (want {status}); body {:?}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        ));
-    }
-    let ct = r.header("content-type").unwrap_or("");
-    if !ct.starts_with("application/json") {
-        return Err(format!(
-            "{status} without a JSON content type: {:?}",
-            r.headers
-        ));
-    }
-    let j: serde_json::Value = serde_json::from_slice(&r.body)
-        .map_err(|e| format!("{status} body is not JSON ({e}): {:?}", r.body))?;
-    if j["error"] != code || j["statusCode"] != status {
-        return Err(format!("{status} body {j} (want error {code})"));
-    }
-    if j["requestId"].as_str() != r.header("x-request-id") {
-        return Err(format!("requestId in body {j} vs header {:?}", r.headers));
-    }
-    Ok(())
 }
 
 /// What must happen to a hostile request.
@@ -668,7 +621,7 @@ async fn run_case(fx: &Fx, via: Via, idx: usize, case: &Case) -> Result<(), Stri
         if via == Via::Tls { "tls" } else { "plain" }
     );
     let before = fx.up.requests().len();
-    let mut c = raw(&fx.gw, via).await;
+    let mut c = fx.gw.raw(via).await;
     let _ = c.write_result(&fill(case.template, &path)).await;
     let resp = c.try_read_response().await;
     let status = resp.as_ref().map(|r| r.status);
@@ -743,7 +696,7 @@ async fn run_case(fx: &Fx, via: Via, idx: usize, case: &Case) -> Result<(), Stri
         Ok(())
     };
     let refused = |status: u16| -> Result<(), String> {
-        json_error(&r, status, "BAD_REQUEST")?;
+        r.rest_error(status, "BAD_REQUEST")?;
         if !new.is_empty() {
             return Err(format!(
                 "refused, yet the upstream received {:?}",
@@ -806,7 +759,7 @@ async fn run_case(fx: &Fx, via: Via, idx: usize, case: &Case) -> Result<(), Stri
             if new.len() > 1 || new.iter().any(|g| g.path() != path || g.body == b"hello") {
                 return Err(format!("upstream received {:?}", targets()));
             }
-            json_error(&r, 400, "BAD_REQUEST")?;
+            r.rest_error(400, "BAD_REQUEST")?;
             close_ok()
         }
     }
@@ -1020,7 +973,7 @@ async fn connect_and_non_websocket_upgrades_do_not_open_tunnels() {
         ] {
             let connect = name.starts_with("CONNECT");
             let before = fx.up.requests().len();
-            let mut c = raw(&fx.gw, via).await;
+            let mut c = fx.gw.raw(via).await;
             let req =
                 format!("{head}Host: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\n\r\n");
             c.write(req.as_bytes()).await;
@@ -1034,7 +987,7 @@ async fn connect_and_non_websocket_upgrades_do_not_open_tunnels() {
                         "[{via:?}] {name}: status {} (want a 4xx JSON error), headers {:?}",
                         r.status, r.headers
                     ));
-                } else if let Err(e) = json_error(&r, r.status, "BAD_REQUEST") {
+                } else if let Err(e) = r.rest_error(r.status, "BAD_REQUEST") {
                     failures.push(format!("[{via:?}] {name}: {e}"));
                 }
             } else {
@@ -1102,7 +1055,7 @@ async fn connection_header_cannot_drop_gateway_headers() {
                  Content-Length: 5\r\n\
                  \r\nhello"
             );
-            let mut c = raw(&fx.gw, via).await;
+            let mut c = fx.gw.raw(via).await;
             c.write(req.as_bytes()).await;
             let r = c.read_response().await;
             assert_eq!(r.status, 200, "[{via:?}] {path}: {:?}", r.body);
@@ -1170,7 +1123,7 @@ async fn client_x_gateway_headers_never_reach_upstream() {
             let req = format!(
                 "GET {path} HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\nX-Request-Id: {id}\r\n{spoof}\r\n"
             );
-            let mut c = raw(&fx.gw, via).await;
+            let mut c = fx.gw.raw(via).await;
             c.write(req.as_bytes()).await;
             let r = c.read_response().await;
             assert_eq!(r.status, 200, "[{via:?}] {path}");
@@ -1222,7 +1175,7 @@ async fn request_head_over_max_header_bytes_is_431_json() {
             "GET /rest/size HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\nX-Request-Id: {id}\r\nX-Pad: {}\r\n\r\n",
             "a".repeat(6000)
         );
-        let mut c = raw(&fx.gw, via).await;
+        let mut c = fx.gw.raw(via).await;
         c.write(ok.as_bytes()).await;
         let r = c.read_response().await;
         assert_eq!(r.status, 200, "[{via:?}] a 6 KB head is under 8 KiB");
@@ -1259,14 +1212,14 @@ async fn request_head_over_max_header_bytes_is_431_json() {
                 ),
             ),
         ] {
-            let mut c = raw(&fx.gw, via).await;
+            let mut c = fx.gw.raw(via).await;
             // the gateway may answer and close before it has read everything
             let _ = c.write_result(req.as_bytes()).await;
             match c.try_read_response().await {
                 None => failures.push(format!("[{via:?}] {name}: closed without a response")),
                 Some(r) => {
                     let want = if r.status == 414 { 414 } else { 431 };
-                    if let Err(e) = json_error(&r, want, "BAD_REQUEST") {
+                    if let Err(e) = r.rest_error(want, "BAD_REQUEST") {
                         failures.push(format!("[{via:?}] {name}: {e}"));
                     }
                     if !c.closed().await {
@@ -1282,12 +1235,12 @@ async fn request_head_over_max_header_bytes_is_431_json() {
                 .map(|i| format!("X-{i}: v\r\n"))
                 .collect::<String>()
         );
-        let mut c = raw(&fx.gw, via).await;
+        let mut c = fx.gw.raw(via).await;
         c.write(many.as_bytes()).await;
         match c.try_read_response().await {
             None => failures.push(format!("[{via:?}] 150 headers: closed without a response")),
             Some(r) => {
-                if let Err(e) = json_error(&r, r.status.max(400), "BAD_REQUEST") {
+                if let Err(e) = r.rest_error(r.status.max(400), "BAD_REQUEST") {
                     failures.push(format!("[{via:?}] 150 headers: {e}"));
                 } else if !(r.status == 431 || r.status == 400) {
                     failures.push(format!("[{via:?}] 150 headers: status {}", r.status));
@@ -1422,13 +1375,33 @@ async fn brake_flood(distinct: u32) -> (Gateway, Upstream, u64, u64) {
 }
 
 /// Per-client brake with client addresses taken from `X-Forwarded-For` of a trusted proxy
-/// (127.0.0.1/32), then a flood of 120 000 distinct addresses — past the brake's cap of
-/// 100 000 tracked addresses: the gateway says so (`auth_brake_reset`), its memory stays put,
-/// and afterwards the brake still works per client. (~6 s: the flood is pipelined.)
+/// (127.0.0.1/32), under a flood of 4 000 distinct addresses: every flooding address gets its
+/// own budget, and afterwards the brake still works per client. Past the brake's cap of
+/// 100 000 addresses: `ratelimit::tests::brake_stays_bounded_past_its_cap_and_still_brakes_
+/// per_client` (a small cap, at once) and the ignored test below (the binary, ~1 min).
 #[tokio::test]
-async fn auth_brake_is_per_client_and_bounded_past_its_address_cap() {
+async fn auth_brake_is_per_client_under_a_flood_of_addresses() {
+    let (gw, ..) = brake_flood(4_000).await;
+    assert!(
+        !gw.all_output().contains("auth_brake_reset"),
+        "4 000 addresses are well under the cap"
+    );
+}
+
+/// The flood past the brake's cap of 100 000 tracked addresses, against the binary: 120 000
+/// addresses; the gateway says so (`auth_brake_reset`), its memory
+/// stays put, and afterwards the brake still works per client. 120 000 requests take about a
+/// minute in a debug build: `cargo test --test hostile -- --ignored`.
+#[tokio::test]
+#[ignore = "120 000 requests (about a minute): run with --ignored"]
+async fn auth_brake_is_bounded_past_its_address_cap() {
     let (gw, _up, rss0, rss1) = brake_flood(120_000).await;
-    let reset = gw.stdout.wait(|l| l.contains("\"auth_brake_reset\"")).await;
+    let reset = gw
+        .stdout
+        .wait(|l| {
+            parse_json_line(l).is_some_and(|m| str_field(&m, "event") == Some("auth_brake_reset"))
+        })
+        .await;
     assert!(
         reset.is_some(),
         "no auth_brake_reset event: the brake tracked 120k addresses without its cap"
@@ -1489,7 +1462,7 @@ async fn no_token_or_query_leaks_anywhere() {
     ];
     for via in VIAS {
         for (what, req) in &raws {
-            let mut c = raw(&gw, via).await;
+            let mut c = gw.raw(via).await;
             let _ = c.write_result(req.as_bytes()).await;
             if let Some(r) = c.try_read_response().await {
                 keep(&format!("[{via:?}] {what}"), &r);
@@ -1563,7 +1536,7 @@ async fn pipelined_requests_are_answered_in_order_and_forwarded_once_each() {
     // of three requests yields exactly three upstream requests, in order, framed once.
     let fx = fixture(&[]).await;
     for via in VIAS {
-        let mut c = raw(&fx.gw, via).await;
+        let mut c = fx.gw.raw(via).await;
         let mut all = Vec::new();
         for i in 0..3 {
             all.extend(fill(

@@ -7,7 +7,7 @@
 //! announces a header table size of 0, so the gateway's responses carry no dynamic-table
 //! references, and only `:status` is decoded (static index or a Huffman/plain 3-digit literal).
 
-mod common;
+pub mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -466,29 +466,7 @@ fn st_ended(streams: &HashMap<u32, StreamState>, id: u32) -> bool {
 }
 
 async fn gateway(up: &Upstream, limits: &[&str]) -> Gateway {
-    let mut c = Conf::one(up);
-    for l in limits {
-        c = c.limit(l);
-    }
-    c.spawn().await
-}
-
-fn auth() -> String {
-    bearer(TOKEN_ACME)
-}
-
-/// A normal request on a fresh HTTP/1.1 connection works (the gateway is still serving).
-async fn still_serving(gw: &Gateway, up: &Upstream) {
-    let id = rid();
-    let mut c = gw.h1("acme.gw.test").await;
-    let r = c
-        .get(
-            "/rest/still-serving",
-            &[("authorization", &auth()), ("x-request-id", &id)],
-        )
-        .await;
-    assert_eq!(r.status, 200, "a fresh client is served");
-    up.request_with_id(&id).await;
+    Conf::one(up).limits(limits).spawn().await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -500,7 +478,7 @@ async fn raw_client_sanity_a_plain_request_is_served() {
     let up = spawn_upstream("core").await;
     let gw = gateway(&up, &[]).await;
     let mut c = H2::connect(&gw).await;
-    let a = auth();
+    let a = acme_auth();
     c.headers(
         1,
         &H2::request_fields("/rest/ok", &[(b"authorization", a.as_bytes())]),
@@ -536,7 +514,7 @@ async fn malformed_h2_header_blocks_are_stream_errors_and_never_forwarded() {
     let up = spawn_upstream("core").await;
     let gw = gateway(&up, &[]).await;
     let mut c = H2::connect(&gw).await;
-    let a = auth();
+    let a = acme_auth();
     let cases: Vec<(&str, Vec<Field>)> = vec![
         (
             "connection: keep-alive",
@@ -669,7 +647,7 @@ async fn h2_content_length_must_match_data() {
     let up = spawn_upstream("core").await;
     let gw = gateway(&up, &[]).await;
     let mut c = H2::connect(&gw).await;
-    let a = auth();
+    let a = acme_auth();
     let mut failures = Vec::new();
     // `streamed`: the lie only shows after the announced length was already complete and may
     // have been streamed upstream; the upstream then has exactly the announced, coherent body.
@@ -782,7 +760,7 @@ async fn h2_concurrent_streams_are_capped() {
         "SETTINGS_MAX_CONCURRENT_STREAMS=2 announced: {:?}",
         c.server_settings
     );
-    let a = auth();
+    let a = acme_auth();
     // 2 streams that hang at the upstream, then 8 more at once
     for id in [1u32, 3] {
         c.headers(
@@ -817,7 +795,7 @@ async fn h2_concurrent_streams_are_capped() {
         );
     }
     // nothing more reached the upstream while two were in flight
-    still_serving(&gw, &up).await;
+    assert_served(&gw, &up, "beyond the stream cap").await;
     let mut hanging: Vec<_> = up
         .requests()
         .into_iter()
@@ -863,7 +841,7 @@ async fn h2_header_list_over_max_header_bytes_is_refused() {
     let up = spawn_upstream("core").await;
     let gw = gateway(&up, &["max_header_bytes: 8KiB"]).await;
     let mut c = H2::connect(&gw).await;
-    let a = auth();
+    let a = acme_auth();
     let small = "s".repeat(5000);
     let big = "b".repeat(12_000);
     let huge = "h".repeat(20_000);
@@ -955,7 +933,7 @@ async fn h2_header_list_over_max_header_bytes_is_refused() {
 async fn h2_continuation_flood_is_cut_off() {
     let up = spawn_upstream("core").await;
     let gw = gateway(&up, &[]).await;
-    let a = auth();
+    let a = acme_auth();
     for (what, payload) in [
         ("empty", Vec::new()),
         ("1 KB", block(&[(b"x-f", &[b'f'; 1000])])),
@@ -989,7 +967,7 @@ async fn h2_continuation_flood_is_cut_off() {
         }
         assert!(t.elapsed() < Duration::from_secs(10));
     }
-    still_serving(&gw, &up).await;
+    assert_served(&gw, &up, "after the CONTINUATION flood").await;
     assert!(
         up.requests().iter().all(|r| r.path() != "/rest/flood"),
         "the flooded request never reached the upstream"
@@ -1003,7 +981,7 @@ async fn h2_continuation_flood_is_cut_off() {
 async fn h2_rapid_reset_flood_gets_goaway_and_others_are_served() {
     let up = spawn_upstream("core").await;
     let gw = gateway(&up, &[]).await;
-    let a = auth();
+    let a = acme_auth();
     let mut c = H2::connect(&gw).await;
     let mut id = 1u32;
     let mut pairs = 0;
@@ -1041,7 +1019,7 @@ async fn h2_rapid_reset_flood_gets_goaway_and_others_are_served() {
         .get("/rest/bystander", &[("authorization", &a)])
         .await;
     assert_eq!(r.status, 200, "the bystander connection is still served");
-    still_serving(&gw, &up).await;
+    assert_served(&gw, &up, "after the rapid reset flood").await;
     let reached = up
         .requests()
         .iter()
@@ -1062,7 +1040,7 @@ async fn h2_rapid_reset_flood_gets_goaway_and_others_are_served() {
 async fn h2_server_side_reset_flood_gets_goaway() {
     let up = spawn_upstream("core").await;
     let gw = gateway(&up, &["h2_max_concurrent_streams: 2"]).await;
-    let a = auth();
+    let a = acme_auth();
     let mut c = H2::connect(&gw).await;
     for id in [1u32, 3] {
         c.headers(
@@ -1111,7 +1089,7 @@ async fn h2_server_side_reset_flood_gets_goaway() {
     );
     assert!(n < 20_000);
     up.gates().hang.add_permits(2);
-    still_serving(&gw, &up).await;
+    assert_served(&gw, &up, "after the refusal flood").await;
     let hanging = up
         .requests()
         .iter()
@@ -1130,7 +1108,7 @@ async fn h2_authority_tricks_and_connect_are_refused() {
     let up = spawn_upstream("core").await;
     let gw = gateway(&up, &[]).await;
     let mut c = H2::connect(&gw).await;
-    let a = auth();
+    let a = acme_auth();
     let mut failures = Vec::new();
     let mut id = 1;
     let cases: Vec<(&str, Vec<Field>)> = vec![
@@ -1222,7 +1200,7 @@ async fn h2_authority_tricks_and_connect_are_refused() {
 async fn idle_h2_connections_get_goaway_after_idle_timeout() {
     let up = spawn_upstream("core").await;
     let gw = gateway(&up, &["idle_timeout: 1s", "header_read_timeout: 30s"]).await;
-    let a = auth();
+    let a = acme_auth();
     let mut used = H2::connect(&gw).await;
     used.headers(
         1,

@@ -5,52 +5,39 @@
 //! two cores shared with the test process); each test fails if the protection is missing,
 //! because the hostile connection would then stay open for the whole observation window.
 
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 /// How long a connection that should be cut after 1 s may take at most.
 const CUT_BY: Duration = Duration::from_secs(4);
 
-async fn served(gw: &Gateway, up: &Upstream, what: &str) {
-    let id = rid();
-    let mut c = gw.h1("acme.gw.test").await;
+/// Trickle `bytes` one byte per `every` until the peer closes (`started` hears of the first
+/// byte); the time it took, or `None` if all bytes were sent and the connection was still open
+/// `CUT_BY` after the start.
+async fn trickle_until_closed(
+    c: &mut RawConn,
+    bytes: &[u8],
+    every: Duration,
+    started: mpsc::Sender<()>,
+) -> Option<Duration> {
     let t = Instant::now();
-    let r = c
-        .get(
-            "/rest/meanwhile",
-            &[
-                ("authorization", &bearer(TOKEN_ACME)),
-                ("x-request-id", &id),
-            ],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{what}: another client is served");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "{what}: the other client waited {:?}",
-        t.elapsed()
-    );
-    up.request_with_id(&id).await;
-}
-
-/// Trickle `bytes` one byte per `every` until the peer closes; the time it took, or `None` if
-/// all bytes were sent and the connection was still open `CUT_BY` after the start.
-async fn trickle_until_closed(c: &mut RawConn, bytes: &[u8], every: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    for b in bytes {
+    for (i, b) in bytes.iter().enumerate() {
         if c.write_result(&[*b]).await.is_err() {
             return Some(t.elapsed());
         }
-        match c.read_some(every).await {
-            Ok(v) if v.is_empty() => return Some(t.elapsed()),
-            Err(e) if e.kind() != std::io::ErrorKind::TimedOut => return Some(t.elapsed()),
-            // a response (e.g. 408) before the close is fine; keep going until EOF
-            _ => {}
+        if i == 0 {
+            let _ = started.send(()).await;
+        }
+        let res = c.read_some(every).await;
+        // a response (e.g. 408) before the close is fine; keep going until EOF
+        if is_eof(&res) {
+            return Some(t.elapsed());
         }
         if t.elapsed() > CUT_BY {
             return None;
@@ -60,8 +47,9 @@ async fn trickle_until_closed(c: &mut RawConn, bytes: &[u8], every: Duration) ->
 }
 
 /// Slowloris: a request head trickled one byte per 200 ms, with `header_read_timeout: 1s`.
-/// The connection is closed about a second in (over TLS and over `listen.http`), a second
-/// slow client likewise, while fresh clients are served meanwhile; nothing goes upstream.
+/// The connection is closed about a second in (over TLS and over `listen.http`), and so is a
+/// slowloris *second* request on a keep-alive connection, while a fresh client is served
+/// meanwhile; nothing goes upstream. The three slow clients trickle at the same time.
 #[tokio::test]
 async fn slowloris_head_is_cut_after_header_read_timeout_while_others_are_served() {
     let up = spawn_upstream("core").await;
@@ -71,46 +59,47 @@ async fn slowloris_head_is_cut_after_header_read_timeout_while_others_are_served
         .limit("idle_timeout: 30s")
         .spawn()
         .await;
-    let head = format!(
-        "GET /rest/slowloris HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\nX-Pad: {}\r\n\r\n",
-        "a".repeat(200)
+    let head = raw_get(
+        "/rest/slowloris",
+        &format!("X-Pad: {}\r\n", "a".repeat(200)),
     );
-    for via in ["tls", "plain"] {
+    let (started_tx, mut started) = mpsc::channel(3);
+    let mut tricklers = Vec::new();
+    for via in ["tls", "plain", "keep-alive"] {
         let mut slow = match via {
-            "tls" => RawConn::tls(gw.https(), Some("acme.gw.test")).await,
-            _ => RawConn::plain(gw.http()).await,
+            "plain" => RawConn::plain(gw.http()).await,
+            _ => RawConn::tls(gw.https(), Some("acme.gw.test")).await,
         };
-        let head = head.clone();
+        if via == "keep-alive" {
+            slow.write(raw_get("/rest/first", "").as_bytes()).await;
+            assert_eq!(slow.read_response().await.status, 200);
+        }
+        let (head, started) = (head.clone(), started_tx.clone());
         let trickler = tokio::spawn(async move {
-            trickle_until_closed(&mut slow, head.as_bytes(), Duration::from_millis(200)).await
+            let every = Duration::from_millis(200);
+            trickle_until_closed(&mut slow, head.as_bytes(), every, started).await
         });
-        // served meanwhile
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        served(&gw, &up, via).await;
-        let took = trickler.await.unwrap();
-        let took = took.unwrap_or_else(|| {
+        tricklers.push((via, trickler));
+    }
+    for _ in 0..3 {
+        within("the slow clients' first bytes", started.recv()).await;
+    }
+    let took = assert_served(&gw, &up, "during slowloris").await;
+    assert!(
+        took < Duration::from_secs(2),
+        "during slowloris: the other client waited {took:?}"
+    );
+    for (via, trickler) in tricklers {
+        let took = trickler.await.unwrap().unwrap_or_else(|| {
             panic!(
                 "{via}: slowloris connection still open after {CUT_BY:?} (header_read_timeout 1s)"
             )
         });
         assert!(
-            took >= Duration::from_millis(800),
+            via == "keep-alive" || took >= Duration::from_millis(800),
             "{via}: closed after {took:?}, before header_read_timeout"
         );
     }
-    // A slowloris *second* request on a keep-alive connection is cut just the same.
-    let mut c = RawConn::tls(gw.https(), Some("acme.gw.test")).await;
-    c.write(
-        format!("GET /rest/first HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await;
-    assert_eq!(c.read_response().await.status, 200);
-    let took = trickle_until_closed(&mut c, head.as_bytes(), Duration::from_millis(200)).await;
-    assert!(
-        took.is_some(),
-        "keep-alive slowloris still open after {CUT_BY:?}"
-    );
     assert!(
         up.requests().iter().all(|r| r.path() != "/rest/slowloris"),
         "a trickled head reached the upstream"
@@ -145,16 +134,18 @@ async fn slow_tls_handshake_is_cut_after_header_read_timeout() {
     let mut silent = RawConn::from_io(silent);
     let mut partial = RawConn::from_io(partial);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    served(&gw, &up, "during slow handshakes").await;
+    let took = assert_served(&gw, &up, "during slow handshakes").await;
+    assert!(
+        took < Duration::from_secs(2),
+        "during slow handshakes: the other client waited {took:?}"
+    );
     for (what, c) in [
         ("silent", &mut silent),
         ("half a ClientHello", &mut partial),
     ] {
         let res = c.read_some(CUT_BY).await;
-        let eof = matches!(&res, Ok(v) if v.is_empty())
-            || matches!(&res, Err(e) if e.kind() != std::io::ErrorKind::TimedOut);
         assert!(
-            eof,
+            is_eof(&res),
             "{what}: connection not closed within {CUT_BY:?} (got {res:?})"
         );
         let took = t.elapsed();
@@ -207,8 +198,7 @@ async fn max_connections_refuses_the_excess_and_keeps_serving_the_rest() {
     // plain listener shares the cap
     let mut plain = RawConn::plain(gw.http()).await;
     assert!(
-        matches!(plain.read_some(Duration::from_secs(2)).await, Ok(v) if v.is_empty())
-            || matches!(plain.read_some(Duration::from_millis(10)).await, Err(e) if e.kind() != std::io::ErrorKind::TimedOut),
+        is_eof(&plain.read_some(Duration::from_secs(2)).await),
         "a 4th plain connection was not closed at once"
     );
     // the held ones still work
@@ -224,13 +214,7 @@ async fn max_connections_refuses_the_excess_and_keeps_serving_the_rest() {
     loop {
         if let Ok(s) = tls_connect_result(gw.https(), &TlsOpts::h1("acme.gw.test")).await {
             let mut raw = RawConn::from_io(s);
-            raw.write(
-                format!(
-                    "GET /rest/new HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: {a}\r\n\r\n"
-                )
-                .as_bytes(),
-            )
-            .await;
+            raw.write(raw_get("/rest/new", "").as_bytes()).await;
             if let Some(r) = raw.try_read_response().await {
                 assert_eq!(r.status, 200);
                 break;
@@ -265,10 +249,7 @@ async fn idle_h1_connections_are_closed_after_idle_timeout() {
         .await;
     let mut after_request = RawConn::tls(gw.https(), Some("acme.gw.test")).await;
     after_request
-        .write(
-            format!("GET /rest/idle HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\n\r\n")
-                .as_bytes(),
-        )
+        .write(raw_get("/rest/idle", "").as_bytes())
         .await;
     assert_eq!(after_request.read_response().await.status, 200);
     let t = Instant::now();
@@ -280,10 +261,8 @@ async fn idle_h1_connections_are_closed_after_idle_timeout() {
         ("never sent a request (plain)", &mut plain),
     ] {
         let res = c.read_some(CUT_BY).await;
-        let closed = matches!(&res, Ok(v) if v.is_empty())
-            || matches!(&res, Err(e) if e.kind() != std::io::ErrorKind::TimedOut);
         assert!(
-            closed,
+            is_eof(&res),
             "{what}: still open {:?} later ({res:?})",
             t.elapsed()
         );
@@ -295,9 +274,11 @@ async fn idle_h1_connections_are_closed_after_idle_timeout() {
     }
 }
 
-/// A request still in flight keeps its connection: a response whose body pauses for 2.5 s
-/// (HTTP/1.1) and one whose head takes 2.5 s (HTTP/2) complete with `idle_timeout: 1s`, and
-/// the connections serve another request afterwards.
+/// A request still in flight keeps its connection past `idle_timeout: 1s`: a response whose
+/// body pauses (HTTP/1.1) and one whose head is late (HTTP/2) complete after a connection opened
+/// later than both was closed as idle, and the connections serve another request afterwards.
+/// That the idle clock never cuts a request however long it runs, on a clock:
+/// `conn::tests::a_request_in_flight_is_never_cut_and_idle_counts_from_its_end`.
 #[tokio::test]
 async fn in_flight_requests_are_not_cut_by_idle_timeout() {
     let up = spawn_upstream("core").await;
@@ -322,7 +303,7 @@ async fn in_flight_requests_are_not_cut_by_idle_timeout() {
         next_data(&mut body).await.as_deref(),
         Some(&b"first-part;"[..])
     );
-    // h2: a response head that takes 2.5 s
+    // h2: a response head that comes late
     let mut c2 = gw.h2("acme.gw.test").await;
     let req2 = c2.build(
         http::Method::GET,
@@ -335,7 +316,15 @@ async fn in_flight_requests_are_not_cut_by_idle_timeout() {
         let r = collect(r).await;
         (c2, r)
     });
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    up.wait_for("the h2 request", |v| {
+        v.iter().any(|r| r.path() == "/rest/y/_hang")
+    })
+    .await;
+    // A connection opened now, idle from the start, is closed at idle_timeout: by then both
+    // requests have been in flight longer than that.
+    let mut probe = RawConn::tls(gw.https(), Some("acme.gw.test")).await;
+    let res = probe.read_some(CUT_BY).await;
+    assert!(is_eof(&res), "the idle probe is still open: {res:?}");
     up.gates().slow.add_permits(1);
     up.gates().hang.add_permits(1);
     assert_eq!(

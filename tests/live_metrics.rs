@@ -1,10 +1,9 @@
 //! Admin listener (issue 3): `/metrics` is well-formed Prometheus text and its counters move
 //! with traffic; `/healthz` and `/readyz`; no secret ever becomes part of the exposition.
 
-mod common;
+pub mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -405,29 +404,19 @@ async fn scrape(gw: &Gateway) -> Scrape {
 }
 
 /// Scrape until `pred` holds (the metric is updated off the request path), up to [`TIMEOUT`].
-async fn scrape_until(gw: &Gateway, what: &str, pred: impl Fn(&Exposition) -> bool) -> Scrape {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let s = scrape(gw).await;
-        if pred(&s.m) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not seen in /metrics within {TIMEOUT:?}:\n{}",
-            s.text
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+async fn scrape_until(gw: &Gateway, what: &str, pred: impl Fn(&Exposition) -> bool) {
+    gw.poll_metrics(what, |text| {
+        let m = parse_exposition(text)
+            .unwrap_or_else(|e| panic!("/metrics is not valid exposition text: {e}\n{text}"));
+        pred(&m).then_some(())
+    })
+    .await
 }
 
+/// GET `path` (with `auth` as Authorization, if any) and a fresh request id.
 async fn get(c: &mut Conn, path: &str, auth: Option<&str>) -> (Resp, String) {
-    let id = rid();
-    let mut h = vec![("x-request-id", id.as_str())];
-    if let Some(a) = auth {
-        h.push(("authorization", a));
-    }
-    (c.get(path, &h).await, id)
+    let h: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    c.get_with_id(path, &h).await
 }
 
 const QUERY_SECRET: &str = "query-secret-4711";

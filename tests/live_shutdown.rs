@@ -3,89 +3,12 @@
 //! cut a request (`shutdown_forced`).
 //!
 
-mod common;
+pub mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use http::Request;
-use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use tokio::sync::oneshot;
-
-// ---------------------------------------------------------------------------------------------
-// a client connection whose closing the test can observe
-// ---------------------------------------------------------------------------------------------
-
-enum Client {
-    H1(hyper::client::conn::http1::SendRequest<ReqBody>),
-    H2(hyper::client::conn::http2::SendRequest<ReqBody>),
-}
-
-/// An HTTP/1.1 or HTTP/2 TLS connection plus a receiver that fires when the connection ends
-/// (the server closed it, or sent GOAWAY and finished).
-async fn watched_conn(addr: SocketAddr, host: &str, h2: bool) -> (Client, oneshot::Receiver<()>) {
-    let opts = if h2 {
-        TlsOpts::h2(host)
-    } else {
-        TlsOpts::h1(host)
-    };
-    let (tls, _) = tls_connect(addr, &opts).await;
-    let io = TokioIo::new(tls);
-    let (done_tx, done) = oneshot::channel();
-    let send = if h2 {
-        let (s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await
-            .expect("h2 handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-            let _ = done_tx.send(());
-        });
-        Client::H2(s)
-    } else {
-        let (s, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .expect("h1 handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-            let _ = done_tx.send(());
-        });
-        Client::H1(s)
-    };
-    (send, done)
-}
-
-async fn watched_get(s: &mut Client, host: &str, path: &str) -> (u16, Bytes) {
-    let auth = bearer(TOKEN_ACME);
-    let resp = match s {
-        Client::H1(s) => {
-            let req = Request::get(path)
-                .header("host", host)
-                .header("authorization", &auth)
-                .body(empty())
-                .unwrap();
-            within("h1 response", s.send_request(req)).await.unwrap()
-        }
-        Client::H2(s) => {
-            let req = Request::get(format!("https://{host}{path}"))
-                .version(http::Version::HTTP_2)
-                .header("authorization", &auth)
-                .body(empty())
-                .unwrap();
-            within("h2 response", s.send_request(req)).await.unwrap()
-        }
-    };
-    let status = resp.status().as_u16();
-    let body = within("body", resp.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, body)
-}
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -136,7 +59,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     up.request_with_id(&id1).await;
     up.request_with_id(&id2).await;
 
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     gw.signal("TERM");
     let ev = gw
         .wait_event_after(start, |e| e == "shutdown_started")
@@ -170,13 +93,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     assert_eq!(r2.status, 200, "{}", r2.text());
     assert_eq!(r2.text(), "first-part;second-part", "full body");
 
-    let st = gw.wait_exit(TIMEOUT).await;
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "exit status {st:?}\n{}",
-        gw.all_output()
-    );
+    gw.wait_exit_0(TIMEOUT).await;
     let lines = gw.json_lines();
     let has = |e: &str| {
         lines
@@ -211,7 +128,7 @@ async fn requests_drained_at_shutdown_keep_their_access_lines() {
     up.wait_for(&format!("{N} requests"), |v| v.len() >= N)
         .await;
 
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     gw.signal("TERM");
     gw.wait_event_after(start, |e| e == "shutdown_started")
         .await;
@@ -221,13 +138,7 @@ async fn requests_drained_at_shutdown_keep_their_access_lines() {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "late");
     }
-    let st = gw.wait_exit(TIMEOUT).await;
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "exit status {st:?}\n{}",
-        gw.all_output()
-    );
+    gw.wait_exit_0(TIMEOUT).await;
 
     let lines = gw.json_lines();
     let missing: Vec<&String> = ids
@@ -254,16 +165,12 @@ async fn sigterm_closes_idle_keepalive_and_h2_connections_while_draining() {
     let gw = spawn_gateway(&conf(&up, "10s")).await;
 
     // idle connections that have served a request each
-    let (mut h1, h1_closed) = watched_conn(gw.https(), "acme.gw.test", false).await;
-    let (mut h2, h2_closed) = watched_conn(gw.https(), "acme.gw.test", true).await;
-    assert_eq!(
-        watched_get(&mut h1, "acme.gw.test", "/rest/people").await.0,
-        200
-    );
-    assert_eq!(
-        watched_get(&mut h2, "acme.gw.test", "/rest/people").await.0,
-        200
-    );
+    let a = acme_auth();
+    let auth = [("authorization", a.as_str())];
+    let mut h1 = gw.h1("acme.gw.test").await;
+    let mut h2 = gw.h2("acme.gw.test").await;
+    assert_eq!(h1.get("/rest/people", &auth).await.status, 200);
+    assert_eq!(h2.get("/rest/people", &auth).await.status, 200);
     // one request in flight keeps the drain (and the process) going
     let id = rid();
     let hang = in_flight(
@@ -273,16 +180,12 @@ async fn sigterm_closes_idle_keepalive_and_h2_connections_while_draining() {
     );
     up.request_with_id(&id).await;
 
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     gw.signal("TERM");
     gw.wait_event_after(start, |e| e == "shutdown_started")
         .await;
-    within("idle HTTP/1.1 keep-alive connection closed", h1_closed)
-        .await
-        .ok();
-    within("idle HTTP/2 connection closed (GOAWAY)", h2_closed)
-        .await
-        .ok();
+    within("idle HTTP/1.1 keep-alive connection closed", h1.ended()).await;
+    within("idle HTTP/2 connection closed (GOAWAY)", h2.ended()).await;
     assert!(
         gw.exited().is_none(),
         "idle connections must close because of the drain, not because the process exited"
@@ -296,8 +199,7 @@ async fn sigterm_closes_idle_keepalive_and_h2_connections_while_draining() {
     let r = within("the _hang request", hang).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "late");
-    let st = gw.wait_exit(TIMEOUT).await;
-    assert_eq!(st.code(), Some(0), "{st:?}\n{}", gw.all_output());
+    gw.wait_exit_0(TIMEOUT).await;
 }
 
 #[tokio::test]
@@ -322,7 +224,7 @@ async fn sigterm_with_a_stuck_request_is_forced_after_the_grace_and_exits_0() {
     })
     .await;
 
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     let t0 = Instant::now();
     gw.signal("TERM");
     gw.wait_event_after(start, |e| e == "shutdown_started")
@@ -332,14 +234,8 @@ async fn sigterm_with_a_stuck_request_is_forced_after_the_grace_and_exits_0() {
         forced["level"], "WARN",
         "forced shutdown is a warning: {forced:?}"
     );
-    let st = gw.wait_exit(TIMEOUT).await;
+    gw.wait_exit_0(TIMEOUT).await;
     let took = t0.elapsed();
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "exit status {st:?}\n{}",
-        gw.all_output()
-    );
     assert!(
         took >= Duration::from_millis(300),
         "exited after {took:?}, before shutdown_grace (300ms)"

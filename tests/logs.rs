@@ -1,6 +1,6 @@
 //! The access log: one flat JSON line per request with SPEC's fields, and no secrets anywhere.
 
-mod common;
+pub mod common;
 
 use common::*;
 use http::Method;
@@ -97,8 +97,7 @@ async fn unknown_values_are_null() {
     let gw = Conf::one(&up).spawn().await;
     // unknown host: no tenant, route, key, upstream
     let mut c = Conn::tls(gw.https(), &TlsOpts::h1("x").no_sni(), "nobody.example.org").await;
-    let id = rid();
-    let r = c.get("/rest/people", &[("x-request-id", &id)]).await;
+    let (r, id) = c.get_with_id("/rest/people", &[]).await;
     assert_eq!(r.status, 404);
     let l = gw.access_line(&id).await;
     for f in ["tenant", "route", "key_id", "upstream", "upstream_ms"] {

@@ -4,19 +4,18 @@
 //! byte lost, within `idle_timeout`, and closed at once on shutdown. Also: the protocol
 //! choice on the plain listener, which the same connection code makes.
 
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 
-const PARKED: &str = "gateway_parked_connections ";
+const PARKED: &str = "gateway_parked_connections";
 
+/// GET `path` with acme's key and the last part of `path` as its request id.
 fn get(path: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: acme.gw.test\r\nAuthorization: Bearer {TOKEN_ACME}\r\nX-Request-Id: {}\r\n\r\n",
-        path.trim_start_matches("/rest/")
-    )
+    let id = path.trim_start_matches("/rest/");
+    raw_get(path, &format!("X-Request-Id: {id}\r\n"))
 }
 
 #[tokio::test]
@@ -80,7 +79,7 @@ async fn parked_connections_close_at_idle_timeout_and_on_shutdown() {
     let up = spawn_upstream("core").await;
     let gw = Conf::one(&up)
         .with_admin()
-        .limit("idle_timeout: 3s")
+        .limit("idle_timeout: 2s")
         .limit("header_read_timeout: 30s")
         .limit("shutdown_grace: 20s")
         .spawn()
@@ -95,8 +94,8 @@ async fn parked_connections_close_at_idle_timeout_and_on_shutdown() {
         "parked connection not closed at idle_timeout"
     );
     assert!(
-        t.elapsed() >= Duration::from_millis(2500),
-        "closed after {:?}, before idle_timeout (3 s)",
+        t.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}, before idle_timeout (2 s)",
         t.elapsed()
     );
     gw.wait_metric(PARKED, |v| v == 0.0).await;

@@ -3,7 +3,7 @@
 //! was), health checks driving traffic away and back, all servers down,
 //! HTTPS servers with a CA, state kept across a reload.
 
-mod common;
+pub mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,10 +13,6 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-fn acme() -> String {
-    bearer(TOKEN_ACME)
-}
 
 /// `{ servers: [...] }` plus `extra` fields, as the YAML value of an upstream.
 fn pool(servers: &[&str], extra: &str) -> String {
@@ -33,14 +29,8 @@ const FAST_CHECKS: &str = "health_check: { path: /_health, interval: 50ms, timeo
 
 /// `GET /rest/people` as acme; the response and its request id.
 async fn get(c: &mut Conn) -> (Resp, String) {
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &acme()), ("x-request-id", &id)],
-        )
-        .await;
-    (r, id)
+    c.get_with_id("/rest/people", &[("authorization", &acme_auth())])
+        .await
 }
 
 /// Which stand-in answered (its `X-Upstream`).
@@ -112,7 +102,7 @@ async fn a_slow_server_gets_less() {
     for _ in 0..20 {
         let mut c = gw.h1("acme.gw.test").await;
         let id = rid();
-        let headers = [("authorization", acme()), ("x-request-id", id.clone())];
+        let headers = [("authorization", acme_auth()), ("x-request-id", id.clone())];
         let mut task = tokio::spawn(async move {
             let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             c.get("/rest/_hang", &h).await
@@ -244,7 +234,7 @@ async fn health_checks_move_traffic_away_and_back() {
     let mut c = gw.h1("acme.gw.test").await;
     let mut sent = 0;
 
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     a.set_health(503);
     let down = server_event(&gw, start, "upstream_server_down", &a.url()).await;
     assert!(
@@ -256,7 +246,7 @@ async fn health_checks_move_traffic_away_and_back() {
         sent += 1;
     }
 
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     a.set_health(200);
     server_event(&gw, start, "upstream_server_up", &a.url()).await;
     let back = async {
@@ -348,7 +338,7 @@ async fn a_reload_keeps_server_state() {
 
     // Same servers, another tenant: the closed port stays out, the count
     // goes on.
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     let more = conf.clone().tenants(&format!(
         "{DEFAULT_TENANTS}  - name: gamma\n    subdomain: gamma\n"
     ));

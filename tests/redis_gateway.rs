@@ -2,7 +2,7 @@
 //! `redis-server` (and a real Redis Cluster); Redis stopped and started
 //! under them; `on_unavailable` local, allow and deny.
 
-mod common;
+pub mod common;
 mod redis_support;
 
 use std::time::{Duration, Instant};
@@ -32,15 +32,17 @@ fn conf(up: &Upstream, redis: &str, on_unavailable: &str) -> Conf {
         ))
 }
 
+/// GET /rest/people on a new connection to `host`, with `token` if any; (response, request id).
 async fn get(gw: &Gateway, host: &str, token: Option<&str>) -> (Resp, String) {
-    let mut c = gw.h1(host).await;
-    let id = rid();
     let authz = token.map(bearer);
-    let mut headers = vec![("x-request-id", id.as_str())];
-    if let Some(a) = &authz {
-        headers.push(("authorization", a));
-    }
-    (c.get("/rest/people", &headers).await, id)
+    let headers: Vec<(&str, &str)> = authz
+        .iter()
+        .map(|a| ("authorization", a.as_str()))
+        .collect();
+    gw.h1(host)
+        .await
+        .get_with_id("/rest/people", &headers)
+        .await
 }
 
 /// Alternating between the gateways, acme-ci gets 10 in total.
@@ -206,7 +208,7 @@ async fn redis_down_local_limits_then_shared_again() {
     // Answers keep coming, none waiting much past `timeout`; each gateway
     // then enforces the key's limit from its own memory (its local
     // limiter has not been used: a full burst of 10).
-    let (mark1, mark2) = (g1.stdout.len(), g2.stdout.len());
+    let (mark1, mark2) = (g1.stdout.line_count(), g2.stdout.line_count());
     let mut allowed = 0;
     for i in 0..12 {
         let started = Instant::now();
@@ -237,7 +239,7 @@ async fn redis_down_local_limits_then_shared_again() {
 
     // Back on the same port: shared again without a restart (the new Redis
     // kept nothing, so the fleet has a fresh 10).
-    let (mark1, mark2) = (g1.stdout.len(), g2.stdout.len());
+    let (mark1, mark2) = (g1.stdout.line_count(), g2.stdout.line_count());
     redis.restart();
     g1.wait_event_after(mark1, |e| e == "redis_up").await;
     g2.wait_event_after(mark2, |e| e == "redis_up").await;

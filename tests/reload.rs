@@ -1,7 +1,7 @@
 //! Reload edge cases not covered by `live_reload.rs`: SIGHUP as soon as the gateway says it is
 //! listening, and a reload that changes which certificate is served first.
 
-mod common;
+pub mod common;
 
 use common::*;
 
@@ -15,7 +15,7 @@ async fn sighup_reloads() {
     let up = spawn_upstream("core").await;
     let conf = Conf::one(&up).with_admin();
     let gw = conf.spawn().await;
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     // Sent as soon as the `listening` lines appear: if the SIGHUP handler were installed only
     // later, the default action of SIGHUP would kill the process here.
     gw.signal("HUP");

@@ -1,6 +1,6 @@
 //! Host → tenant, path → route → upstream, request-target hygiene, order of checks.
 
-mod common;
+pub mod common;
 
 use common::*;
 
@@ -63,12 +63,8 @@ async fn tenant_from_custom_domain_and_subdomain() {
         ("beta.gw.test", TOKEN_BETA, "beta", "core"),
     ] {
         let mut c = fx.gw.h1(host).await;
-        let id = rid();
-        let r = c
-            .get(
-                "/rest/people",
-                &[("authorization", &bearer(token)), ("x-request-id", &id)],
-            )
+        let (r, id) = c
+            .get_with_id("/rest/people", &[("authorization", &bearer(token))])
             .await;
         assert_eq!(r.status, 200, "{host}: {}", r.text());
         assert_eq!(r.json()["upstream"], upstream, "{host} served by");
@@ -124,12 +120,8 @@ async fn unknown_hosts_are_404_not_found() {
         "crm.acme.test.evil",
     ] {
         let mut c = no_sni(&fx.gw, host).await;
-        let id = rid();
-        let r = c
-            .get(
-                "/rest/people",
-                &[("authorization", &a), ("x-request-id", &id)],
-            )
+        let (r, id) = c
+            .get_with_id("/rest/people", &[("authorization", &a)])
             .await;
         assert_rest_error(&r, 404, "NOT_FOUND");
         let line = fx.gw.access_line(&id).await;
@@ -181,10 +173,7 @@ async fn longest_whole_segment_prefix_wins() {
         "/metadatax/y",
         "/other/rest",
     ] {
-        let id = rid();
-        let r = c
-            .get(path, &[("authorization", &b), ("x-request-id", &id)])
-            .await;
+        let (r, id) = c.get_with_id(path, &[("authorization", &b)]).await;
         assert_eq!(r.status, 404, "{path}: {}", r.text());
         assert_eq!(r.json()["error"], "NOT_FOUND", "{path}");
         assert_eq!(fx.gw.outcome(&id).await, "no_route", "{path}");
@@ -195,8 +184,7 @@ async fn longest_whole_segment_prefix_wins() {
 async fn no_route_is_404_before_authentication() {
     let fx = fixture().await;
     let mut c = fx.gw.h1("acme.gw.test").await;
-    let id = rid();
-    let r = c.get("/restaurant", &[("x-request-id", &id)]).await;
+    let (r, id) = c.get_with_id("/restaurant", &[]).await;
     assert_rest_error(&r, 404, "NOT_FOUND");
     assert_eq!(fx.gw.outcome(&id).await, "no_route");
 }
@@ -206,12 +194,8 @@ async fn tenant_upstream_overrides_apply_per_name() {
     let fx = fixture().await;
     let mut c = fx.gw.h1("acme.gw.test").await;
     let a = bearer(TOKEN_ACME);
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &a), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &a)])
         .await;
     assert_eq!(r.json()["upstream"], "acme-core");
     assert_eq!(
@@ -244,8 +228,7 @@ async fn tenant_upstream_overrides_apply_per_name() {
 async fn route_with_auth_false_needs_no_key() {
     let fx = fixture().await;
     let mut c = fx.gw.h1("acme.gw.test").await;
-    let id = rid();
-    let r = c.get("/healthz", &[("x-request-id", &id)]).await;
+    let (r, id) = c.get_with_id("/healthz", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["upstream"], "acme-core");
     let line = fx.gw.access_line(&id).await;

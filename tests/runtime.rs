@@ -3,7 +3,7 @@
 //! threads at all — and serves the same gateway: h1 and h2 on one thread,
 //! reload included. The other suites run the multi-thread runtime.
 
-mod common;
+pub mod common;
 
 use common::*;
 
@@ -45,7 +45,7 @@ async fn one_worker_serves_h1_h2_and_reloads() {
         ))
         .render();
     gw.setup.write_config(&yaml);
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     let r = gw.admin_reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
     gw.wait_event_after(start, |e| e == "reload").await;

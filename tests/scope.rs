@@ -5,7 +5,7 @@
 //! fields on refusals; a reload changing a key's scope on open connections;
 //! the metric; config errors with their paths.
 
-mod common;
+pub mod common;
 
 use bytes::Bytes;
 use common::*;

@@ -1,6 +1,6 @@
 //! TLS termination: ALPN, versions, certificate selection by SNI, 421, plain listener.
 
-mod common;
+pub mod common;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,10 +21,6 @@ async fn three_cert_gateway(up: &Upstream) -> Gateway {
     conf.spawn_in(setup).await
 }
 
-fn auth() -> String {
-    bearer(TOKEN_ACME)
-}
-
 #[tokio::test]
 async fn alpn_h2_and_http11_both_serve_requests() {
     let up = spawn_upstream("core").await;
@@ -36,12 +32,8 @@ async fn alpn_h2_and_http11_both_serve_requests() {
         Some(&b"h2"[..]),
         "ALPN h2 negotiated"
     );
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &auth()), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &acme_auth())])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.version, http::Version::HTTP_2);
@@ -53,12 +45,8 @@ async fn alpn_h2_and_http11_both_serve_requests() {
         Some(&b"http/1.1"[..]),
         "ALPN http/1.1 negotiated"
     );
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &auth()), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &acme_auth())])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.version, http::Version::HTTP_11);
@@ -81,7 +69,9 @@ async fn alpn_h2_and_http11_both_serve_requests() {
         "acme.gw.test",
     )
     .await;
-    let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+    let r = c
+        .get("/rest/people", &[("authorization", &acme_auth())])
+        .await;
     assert_eq!(r.status, 200);
 }
 
@@ -96,7 +86,9 @@ async fn tls12_and_tls13_both_work() {
         let opts = TlsOpts::h1("acme.gw.test").versions(&[v]).strict();
         let mut c = Conn::tls(gw.https(), &opts, "acme.gw.test").await;
         assert_eq!(c.tls.as_ref().unwrap().version, Some(want));
-        let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+        let r = c
+            .get("/rest/people", &[("authorization", &acme_auth())])
+            .await;
         assert_eq!(r.status, 200, "{want:?}: {}", r.text());
     }
 }
@@ -186,19 +178,14 @@ async fn no_sni_and_unknown_sni_get_the_first_certificate() {
 async fn host_not_covered_by_served_cert_is_421_when_sni_was_sent() {
     let up = spawn_upstream("core").await;
     let gw = three_cert_gateway(&up).await;
-    let a = auth();
+    let a = acme_auth();
 
     // SNI crm.acme.test → exact cert; Host acme.gw.test is not on it.
     let mut c = Conn::h1(gw.https(), "crm.acme.test").await;
-    let id = rid();
-    let r = c
-        .get(
+    let (r, id) = c
+        .get_with_id(
             "/rest/people",
-            &[
-                ("host", "acme.gw.test"),
-                ("authorization", &a),
-                ("x-request-id", &id),
-            ],
+            &[("host", "acme.gw.test"), ("authorization", &a)],
         )
         .await;
     assert_rest_error(&r, 421, "MISDIRECTED_REQUEST");
@@ -206,15 +193,10 @@ async fn host_not_covered_by_served_cert_is_421_when_sni_was_sent() {
 
     // same over HTTP/2 with :authority
     let mut c = Conn::h2(gw.https(), "crm.acme.test").await;
-    let id = rid();
-    let r = c
-        .get(
+    let (r, _) = c
+        .get_with_id(
             "/graphql",
-            &[
-                ("host", "acme.gw.test"),
-                ("authorization", &a),
-                ("x-request-id", &id),
-            ],
+            &[("host", "acme.gw.test"), ("authorization", &a)],
         )
         .await;
     assert_graphql_error(&r, 421, "MISDIRECTED_REQUEST");
@@ -259,14 +241,12 @@ async fn h2_connection_reuse_for_another_covered_name_uses_the_host_tenant() {
     let gw = three_cert_gateway(&up).await;
     // SNI acme.gw.test → *.gw.test; the same connection is reused for beta.gw.test.
     let mut c = Conn::h2(gw.https(), "acme.gw.test").await;
-    let id = rid();
-    let r = c
-        .get(
+    let (r, id) = c
+        .get_with_id(
             "/rest/people",
             &[
                 ("host", "beta.gw.test"),
                 ("authorization", &bearer(TOKEN_BETA)),
-                ("x-request-id", &id),
             ],
         )
         .await;
@@ -278,15 +258,10 @@ async fn h2_connection_reuse_for_another_covered_name_uses_the_host_tenant() {
         "tenant from :authority, not SNI"
     );
     // the key is checked against the host's tenant: acme's key on beta's host is 403
-    let id = rid();
-    let r = c
-        .get(
+    let (r, id) = c
+        .get_with_id(
             "/rest/people",
-            &[
-                ("host", "beta.gw.test"),
-                ("authorization", &auth()),
-                ("x-request-id", &id),
-            ],
+            &[("host", "beta.gw.test"), ("authorization", &acme_auth())],
         )
         .await;
     assert_rest_error(&r, 403, "FORBIDDEN");
@@ -302,10 +277,14 @@ async fn without_sni_there_is_no_421() {
         c.tls.as_ref().unwrap().dns_names(),
         vec!["first.test".to_string()]
     );
-    let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+    let r = c
+        .get("/rest/people", &[("authorization", &acme_auth())])
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let mut c = Conn::tls(gw.https(), &TlsOpts::h2("x").no_sni(), "crm.acme.test").await;
-    let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+    let r = c
+        .get("/rest/people", &[("authorization", &acme_auth())])
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -314,12 +293,8 @@ async fn plain_http_listener_serves_requests() {
     let up = spawn_upstream("core").await;
     let gw = Conf::one(&up).with_http().spawn().await;
     let mut c = Conn::plain(gw.http(), "acme.gw.test").await;
-    let id = rid();
-    let r = c
-        .get(
-            "/rest/people",
-            &[("authorization", &auth()), ("x-request-id", &id)],
-        )
+    let (r, id) = c
+        .get_with_id("/rest/people", &[("authorization", &acme_auth())])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let got = up.request_with_id(&id).await;
@@ -329,6 +304,8 @@ async fn plain_http_listener_serves_requests() {
     assert_eq!(line["tenant"], "acme");
     // and the TLS listener still works alongside it
     let mut c = gw.h1("crm.acme.test").await;
-    let r = c.get("/rest/people", &[("authorization", &auth())]).await;
+    let r = c
+        .get("/rest/people", &[("authorization", &acme_auth())])
+        .await;
     assert_eq!(r.status, 200);
 }

@@ -2,7 +2,7 @@
 //! MCP (key, SSE), OpenAPI (`auth: none`), and `limits.anonymous_per_ip` on open routes.
 //! The default table is used (no `routes:`), so these tests fail if a route is missing from it.
 
-mod common;
+pub mod common;
 
 use common::*;
 use http::Method;
@@ -45,12 +45,10 @@ fn without_routes(yaml: &str) -> String {
 async fn gateway(up: &Upstream, limits: &[&str]) -> Gateway {
     let setup = GatewaySetup::new();
     setup.file("twenty.key", "twenty-own-api-key\n");
-    let mut conf = Conf::one(up)
+    let conf = Conf::one(up)
         .tenants(tenants_with_upstream_token())
-        .keys(&acme_key());
-    for l in limits {
-        conf = conf.limit(l);
-    }
+        .keys(&acme_key())
+        .limits(limits);
     let yaml = without_routes(&conf.render());
     assert!(!yaml.contains("routes:"));
     setup.spawn(&yaml).await
@@ -221,8 +219,7 @@ async fn anonymous_requests_share_one_budget_per_client_ip_and_refusals_count() 
         "/open-api/metadata".to_string(),
         format!("/files/b/2?token={TWENTY_TOKEN}"),
     ] {
-        let id = rid();
-        let r = c.get(&target, &[("x-request-id", &id)]).await;
+        let (r, id) = c.get_with_id(&target, &[]).await;
         assert_rest_error(&r, 429, "RATE_LIMITED");
         assert!(r.header("retry-after").is_some());
         let line = gw.access_line(&id).await;

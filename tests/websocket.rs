@@ -10,7 +10,7 @@
 //! The WebSocket clients are synchronous (`tungstenite` over `std::net` + `rustls`), run on
 //! the blocking pool.
 
-mod common;
+pub mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -58,10 +58,6 @@ impl WsUpstream {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 fn spawn_ws_upstream() -> WsUpstream {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
@@ -81,7 +77,7 @@ fn serve_upstream(mut s: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
     let mut tmp = [0u8; 16384];
     loop {
         let end = loop {
-            if let Some(p) = find(&buf, b"\r\n\r\n") {
+            if let Some(p) = find_bytes(&buf, b"\r\n\r\n") {
                 break p;
             }
             match s.read(&mut tmp) {
@@ -214,12 +210,6 @@ impl Write for Sock {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Via {
-    Tls,
-    Plain,
-}
-
 fn sock(gw_addr: SocketAddr, via: Via) -> Sock {
     let tcp = TcpStream::connect(gw_addr).unwrap();
     tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -271,13 +261,6 @@ async fn fixture() -> Fx {
     Fx { up, gw }
 }
 
-fn addr_for(gw: &Gateway, via: Via) -> SocketAddr {
-    match via {
-        Via::Tls => gw.https(),
-        Via::Plain => gw.http(),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // tests
 // ---------------------------------------------------------------------------------------------
@@ -287,8 +270,8 @@ fn addr_for(gw: &Gateway, via: Via) -> SocketAddr {
 #[tokio::test]
 async fn websocket_messages_echo_both_ways_through_the_gateway() {
     let fx = fixture().await;
-    for via in [Via::Tls, Via::Plain] {
-        let addr = addr_for(&fx.gw, via);
+    for via in VIAS {
+        let addr = fx.gw.addr(via);
         let authz = bearer(TOKEN_ACME);
         blocking(move || {
             let (mut ws, resp) =
@@ -358,17 +341,14 @@ async fn tunnel_starts_only_after_the_upstream_answers_101() {
     };
     // a request that skips the gateway's checks if it were tunnelled: no credentials
     let sneak = "GET /rest/internal/admin HTTP/1.1\r\nHost: acme.gw.test\r\n\r\n";
-    for via in [Via::Tls, Via::Plain] {
+    for via in VIAS {
         for (path, status, pipelined) in [
             ("/rest/a/ws-403", 403, false),
             ("/rest/a/ws-400", 400, false),
             ("/rest/a/ws-200", 200, false),
             ("/rest/b/ws-403", 403, true),
         ] {
-            let mut c = match via {
-                Via::Tls => RawConn::tls(fx.gw.https(), Some("acme.gw.test")).await,
-                Via::Plain => RawConn::plain(fx.gw.http()).await,
-            };
+            let mut c = fx.gw.raw(via).await;
             let mut bytes = upgrade(path);
             if pipelined {
                 bytes.push_str(sneak);
@@ -426,8 +406,8 @@ async fn tunnel_starts_only_after_the_upstream_answers_101() {
 #[tokio::test]
 async fn upgrade_requires_a_valid_key() {
     let fx = fixture().await;
-    for via in [Via::Tls, Via::Plain] {
-        let addr = addr_for(&fx.gw, via);
+    for via in VIAS {
+        let addr = fx.gw.addr(via);
         for (authz, status) in [
             (None, 401),
             (Some("Bearer tgw_wrong".to_string()), 401),
@@ -497,7 +477,7 @@ async fn the_key_is_checked_per_upgrade_request() {
         .await
         .expect("upgrade with the valid key");
     // ...until the key is revoked by a reload: the next upgrade with it is refused
-    let start = gw.stdout.len();
+    let start = gw.stdout.line_count();
     gw.rewrite_config_in_place(
         &conf
             .clone()

@@ -18,8 +18,14 @@ pub struct AuthBrake {
 
 impl AuthBrake {
     pub fn new(rate: Rate) -> Self {
+        Self::with_cap(rate, MAX_TRACKED)
+    }
+
+    /// Tracking at most `cap` client addresses (tests: a flood past the cap
+    /// without 100,000 requests).
+    pub(crate) fn with_cap(rate: Rate, cap: usize) -> Self {
         AuthBrake {
-            failures: PerIp::new(rate, "auth_brake_reset"),
+            failures: PerIp::with_cap(rate, "auth_brake_reset", cap),
             blocked: DashMap::new(),
         }
     }
@@ -45,12 +51,17 @@ impl AuthBrake {
     /// the client over the limit.
     pub fn record_failure(&self, ip: IpAddr) -> Option<Duration> {
         let wait = self.failures.check(ip).err()?;
-        if self.blocked.len() >= MAX_TRACKED {
+        if self.blocked.len() >= self.failures.cap() {
             let now = Instant::now();
             self.blocked.retain(|_, u| *u > now);
         }
         self.blocked.insert(bucket(ip), Instant::now() + wait);
         Some(wait)
+    }
+
+    /// Client addresses whose failures are counted now (tests).
+    pub fn tracked(&self) -> usize {
+        self.failures.tracked()
     }
 
     /// Forget fully replenished counters and expired blocks.

@@ -341,6 +341,45 @@ mod tests {
         assert!(brake.blocked_for("192.0.2.1".parse().unwrap()).is_none());
     }
 
+    /// A flood of distinct addresses past the brake's cap (here 1,000 rather
+    /// than 100,000; tests/hostile.rs floods the binary): memory stays
+    /// bounded, every flooding address gets its own budget, a client braked
+    /// before the flood is still braked after it, and a fresh client still
+    /// gets its tries.
+    #[test]
+    fn brake_stays_bounded_past_its_cap_and_still_brakes_per_client() {
+        let cap = 1000;
+        let brake = AuthBrake::with_cap(rate(3, Duration::from_secs(3600), 3), cap);
+        let v4 = |k: u32| IpAddr::from(k.to_be_bytes());
+        let a = v4(0x0a00_0001);
+        for _ in 0..3 {
+            assert!(brake.record_failure(a).is_none());
+        }
+        assert!(brake.record_failure(a).is_some(), "the 4th failure brakes");
+        for k in 0..1200u32 {
+            let ip = v4(0x0b00_0000 + k);
+            assert!(
+                brake.record_failure(ip).is_none(),
+                "{ip}: its first failure"
+            );
+            assert!(brake.tracked() <= cap, "{} tracked", brake.tracked());
+            assert!(brake.blocked_for(ip).is_none());
+        }
+        assert!(
+            brake.tracked() < cap,
+            "the counts were forgotten once, at the cap"
+        );
+        assert!(
+            brake.blocked_for(a).is_some(),
+            "still braked after the flood"
+        );
+        let c = v4(0x0a00_0003);
+        for _ in 0..3 {
+            assert!(brake.record_failure(c).is_none());
+        }
+        assert!(brake.record_failure(c).is_some());
+    }
+
     #[test]
     fn window_rounds_up() {
         let r = Rate {

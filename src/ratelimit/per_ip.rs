@@ -38,15 +38,28 @@ pub struct PerIp {
     reset_event: &'static str,
     /// Swapped for an empty one when a flood of addresses fills it.
     cells: ArcSwap<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Addresses tracked at most: [`MAX_TRACKED`] (tests use fewer).
+    cap: usize,
 }
 
 impl PerIp {
     pub fn new(rate: Rate, reset_event: &'static str) -> Self {
+        Self::with_cap(rate, reset_event, MAX_TRACKED)
+    }
+
+    /// Tracking at most `cap` addresses (tests: a flood past the cap without
+    /// 100,000 requests).
+    pub(crate) fn with_cap(rate: Rate, reset_event: &'static str, cap: usize) -> Self {
         PerIp {
             rate,
             reset_event,
             cells: ArcSwap::from_pointee(RateLimiter::dashmap(quota(rate))),
+            cap,
         }
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
     }
 
     pub fn rate(&self) -> Rate {
@@ -58,9 +71,9 @@ impl PerIp {
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
         let ip = bucket(ip);
         let cells = self.cells.load();
-        if cells.len() >= MAX_TRACKED {
+        if cells.len() >= self.cap {
             cells.retain_recent();
-            if cells.len() >= MAX_TRACKED {
+            if cells.len() >= self.cap {
                 // A flood of distinct addresses: memory stays bounded; the
                 // limit forgets old counts rather than growing without end.
                 tracing::warn!(
