@@ -61,6 +61,12 @@ SCENARIOS = {
           "rps", "req/s"),
 }
 
+VARIANTS = {
+    "redis": "the same gateway with `cluster: {redis: ...}` (a local redis-server on CPU 0): every limiter shared",
+    "pool2": "the same gateway with `core` a pool of two servers (two ports of the upstream nginx)",
+}
+VARIANT_SCENARIOS = ("a", "c", "e")       # what a variant is measured on (f: the redis 100k-key case)
+BACKEND_PROCS: list[subprocess.Popen] = []  # redis-server: counted with the upstream, not as noise
 STARTED: list[subprocess.Popen] = []   # every process this script started; stopped by PID at exit
 USED_PORTS: set[int] = set()
 
@@ -246,6 +252,8 @@ class Target:
         self.check: dict = {}
         self.rss_fresh_kib = 0
         self.ready_secs: float | None = None
+        self.variant = ""                     # gateway variants (--variants): "", "redis", "pool2"
+        self.redis_port: int | None = None    # redis variant: its redis-server, for INFO commandstats
 
     @property
     def pids(self) -> list[int]:
@@ -279,7 +287,7 @@ def sha256_hex(s: str) -> str:
 
 
 def gateway_yaml(port: int, admin: int, upstream: str, access_log: bool, extra_keys: int = 0,
-                 open_route: bool = False) -> str:
+                 open_route: bool = False, redis: str | None = None, upstream2: str | None = None) -> str:
     """gateway.yaml as in SPEC.md + the README's top-level access_log. Unknown fields are rejected by
     the gateway, so this sticks to the documented schema."""
     L = [
@@ -293,7 +301,8 @@ def gateway_yaml(port: int, admin: int, upstream: str, access_log: bool, extra_k
         f"    - {{ cert: {CERTS / 'server.crt'}, key: {CERTS / 'server.key'} }}",
         "base_domains: [example.test]",
         "upstreams:",
-        f"  core: http://{upstream}",
+        # pool2 variant: core is a pool of two servers (two ports of the same upstream nginx)
+        (f"  core: {{ servers: [http://{upstream}, http://{upstream2}] }}" if upstream2 else f"  core: http://{upstream}"),
         f"  metadata: http://{upstream}",
         "routes:",
         "  - { prefix: /rest/metadata, upstream: metadata }",
@@ -303,6 +312,9 @@ def gateway_yaml(port: int, admin: int, upstream: str, access_log: bool, extra_k
     ]
     if open_route:
         L.append("  - { prefix: /open,          upstream: core, auth: false }")
+    if redis:
+        # redis variant: every limiter shared through this Redis (SPEC Part 2 `cluster`), defaults otherwise
+        L += ["cluster:", f"  redis: redis://{redis}/0"]
     L += [
         "tenants:",
         "  - name: acme",
@@ -320,17 +332,40 @@ def gateway_yaml(port: int, admin: int, upstream: str, access_log: bool, extra_k
     return "\n".join(L) + "\n"
 
 
-def start_upstream() -> tuple[subprocess.Popen, str, int]:
-    up_port, h2c_port = free_port(), free_port()
+def start_upstream() -> tuple[subprocess.Popen, str, int, str]:
+    up_port, h2c_port, up_port2 = free_port(), free_port(), free_port()
     (RUN / "tmp").mkdir(exist_ok=True)
     render(BENCH / "peers/upstream-nginx.conf", RUN / "upstream-nginx.conf",
            {"@RUN@": str(RUN), "@BENCH@": str(BENCH), "@UPSTREAM_PORT@": str(up_port),
-            "@UPSTREAM_H2C_PORT@": str(h2c_port)}, "off")
+            "@UPSTREAM_H2C_PORT@": str(h2c_port), "@UPSTREAM_PORT2@": str(up_port2)}, "off")
     up = start("upstream", ["nginx", "-p", str(RUN), "-c", str(RUN / "upstream-nginx.conf"), "-g", "daemon off;"],
                LOAD_CPU)
     if not wait_port(up_port, up, 15):
         raise SystemExit("upstream nginx did not start, see bench/.run/upstream.log")
-    return up, f"127.0.0.1:{up_port}", h2c_port
+    return up, f"127.0.0.1:{up_port}", h2c_port, f"127.0.0.1:{up_port2}"
+
+
+def start_redis() -> tuple[subprocess.Popen, int]:
+    """redis-server for the redis variant: no persistence, pinned to CPU 0 with the load side and the
+    upstream (in production Redis is another machine; here its CPU is not charged to the gateway)."""
+    port = free_port()
+    p = start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--dir", str(RUN)], LOAD_CPU)
+    if not wait_port(port, p, 15):
+        raise SystemExit("redis-server did not start, see bench/.run/redis.log")
+    return p, port
+
+
+def redis_calls(port: int) -> int:
+    """Commands Redis has executed so far (INFO commandstats), the INFO calls themselves left out."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"], capture_output=True,
+                         text=True, timeout=10).stdout
+    n = 0
+    for ln in out.splitlines():
+        m = re.match(r"cmdstat_([a-z|]+):calls=(\d+)", ln)
+        if m and m.group(1) != "info":
+            n += int(m.group(2))
+    return n
 
 
 def wait_port(port: int, p: subprocess.Popen | None, secs: float) -> bool:
@@ -362,12 +397,17 @@ def wait_ready(t: Target, secs: float) -> bool:
     return False
 
 
-def start_target(proxy: str, mode: str, upstream: str, auth_keys: int = 0) -> Target:
+def start_target(proxy: str, mode: str, upstream: str, auth_keys: int = 0, variant: str = "",
+                 redis_port: int | None = None, upstream2: str | None = None) -> Target:
     on = mode == "on"
     name = proxy + ("+log" if on else "")
     if auth_keys:
         name = "gw-100k"
+    if variant:
+        name = ("gw-100k" if auth_keys else "gw") + f"+{variant}" + ("+log" if on else "")
     t = Target(name, proxy, mode, free_port())
+    t.variant = variant
+    t.redis_port = redis_port if variant == "redis" else None
     fname = name.replace("+", "-")
     if on:
         LOGS.mkdir(exist_ok=True)
@@ -399,7 +439,9 @@ def start_target(proxy: str, mode: str, upstream: str, auth_keys: int = 0) -> Ta
         (RUN / "conf" / fname).mkdir(parents=True, exist_ok=True)
         cfg = RUN / "conf" / fname / "gateway.yaml"
         cfg.write_text(gateway_yaml(t.port, t.admin_port, upstream, access_log=on, extra_keys=auth_keys,
-                                    open_route=bool(auth_keys)))
+                                    open_route=bool(auth_keys),
+                                    redis=f"127.0.0.1:{redis_port}" if variant == "redis" else None,
+                                    upstream2=upstream2 if variant == "pool2" else None))
         chk = subprocess.run([str(GATEWAY_BIN), "check", "--config", str(cfg)], capture_output=True, text=True,
                              timeout=120)
         if chk.returncode != 0:
@@ -687,6 +729,8 @@ def applies(scen: str, t: Target) -> bool:
         return t.proxy == "gw-100k"
     if t.proxy == "gw-100k":
         return False
+    if t.variant:
+        return scen in VARIANT_SCENARIOS
     if scen == "e" and t.proxy == "direct":
         return False
     return True
@@ -714,17 +758,24 @@ def measure(scen: str, t: Target, up: subprocess.Popen, dur: float, warm: float,
     truncate(t.logfile)
     cmd = load_cmd(scen, t, dur, h2c_port)
     ppids = t.pids if t.proxy != "direct" else []
-    upids = proc_tree(up.pid)
+    upids = proc_tree(up.pid) + [q.pid for q in BACKEND_PROCS if q.poll() is None]
+    rc0 = redis_calls(t.redis_port) if t.redis_port else 0
     s0 = all_proc_ticks()
     c0, pt0, ut0, t0 = cpu_stat(), cpu_ticks(ppids), cpu_ticks(upids), time.monotonic()
     out, lg_cpu = run_load(cmd, dur)
     c1, pt1, ut1, t1 = cpu_stat(), cpu_ticks(ppids), cpu_ticks(upids), time.monotonic()
     s1 = all_proc_ticks()
+    rc1 = redis_calls(t.redis_port) if t.redis_port else 0
     wall = t1 - t0
     tool = Path(cmd[0]).name
     r = parse_h2load(out) if tool == "h2load" else parse_gwload(out) if tool == "gwload" else parse_wrk(out)
     r["tool"] = tool
     r["settle_wait_s"] = waited
+    if t.redis_port:
+        # Redis commands per request, counted by Redis itself (requests in flight at the edges of the
+        # window make this approximate to a fraction of a percent)
+        r["redis_cmds"] = rc1 - rc0
+        r["redis_cmds_per_req"] = round((rc1 - rc0) / r["requests"], 3) if r.get("requests") else None
     r["wall_s"] = round(wall, 2)
     r["proxy_cpu_pct"] = round(100 * (pt1 - pt0) / CLK / wall, 1) if ppids else None
     # what a request costs the proxy: its CPU time (user + system, all threads) over the requests
@@ -886,6 +937,50 @@ def summarize(raw: dict) -> dict:
 
 def ratio(a, b):
     return a / b if a and b else None
+
+
+def variant_section(L: list[str], meta: dict, raw: dict, summ: dict, mem: dict, targets: list[Target],
+                    scen_keys: list[str]) -> None:
+    """--variants: each variant ÷ the plain gateway in the same mode and run (issues 14 and 16)."""
+    vts = [t for t in targets if t.ok and t.variant and t.proxy == "gateway"]
+    if not vts:
+        return
+    L.append("## Gateway variants ÷ the plain gateway (same run, same mode, medians)\n")
+    for v, what in meta.get("variants", {}).items():
+        L.append(f"- **{v}**: {what}")
+    L.append("")
+    L.append("| scenario | variant | req/s | ÷ gateway | CPU µs/req | ÷ gateway | p99 ms | p99 − gateway ms | "
+             "Redis cmds/req |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def cell(sc, n, f):
+        return summ.get(sc, {}).get(n, {}).get(f)
+    for sc in scen_keys:
+        for t in vts:
+            if sc not in VARIANT_SCENARIOS or sc not in summ or t.name not in summ[sc]:
+                continue
+            base = "gateway" + ("+log" if t.mode == "on" else "")
+            rps, brps = cell(sc, t.name, "rps"), cell(sc, base, "rps")
+            cpu, bcpu = cell(sc, t.name, "cpu_us"), cell(sc, base, "cpu_us")
+            p99, bp99 = cell(sc, t.name, "p99_ms"), cell(sc, base, "p99_ms")
+            cmds = med([r.get("redis_cmds_per_req") for r in raw[sc][t.name]]) if t.redis_port else None
+            L.append(f"| {SCENARIOS[sc][0]} | {t.name} | {fmt(rps)} | {fmt(ratio(rps, brps), 3)} | {fmt(cpu)} | "
+                     f"{fmt(ratio(cpu, bcpu), 3)} | {fmt(p99)} | "
+                     f"{fmt(p99 - bp99, 2) if p99 is not None and bp99 is not None else '–'} | "
+                     f"{fmt(cmds, 3) if cmds is not None else '–'} |")
+    f_red = summ.get("f", {}).get("gw-100k+redis auth:true")
+    f_loc = summ.get("f", {}).get("gw-100k auth:true")
+    if f_red and f_loc:
+        cmds = med([r.get("redis_cmds_per_req") for r in raw["f"]["gw-100k+redis auth:true"]])
+        L.append(f"| auth-cost, {meta['auth_keys']:,} keys, auth:true | gw-100k+redis | {fmt(f_red['rps'])} | "
+                 f"{fmt(ratio(f_red['rps'], f_loc['rps']), 3)} | {fmt(f_red['cpu_us'])} | "
+                 f"{fmt(ratio(f_red['cpu_us'], f_loc['cpu_us']), 3)} | {fmt(f_red['p99_ms'])} | "
+                 f"{fmt(f_red['p99_ms'] - f_loc['p99_ms'], 2) if f_red['p99_ms'] is not None and f_loc['p99_ms'] is not None else '–'} | "
+                 f"{fmt(cmds, 3) if cmds is not None else '–'} |")
+    L.append("")
+    L.append("Redis cmds/req: `INFO commandstats` calls during the measured run (INFO itself left out) ÷ requests. "
+             "redis-server runs on CPU 0 with the load side; its CPU is counted with the upstream's, not the "
+             "gateway's.\n")
 
 
 def write_report(meta: dict, raw: dict, summ: dict, mem: dict, checks: dict, targets: list[Target],
@@ -1074,6 +1169,8 @@ def write_report(meta: dict, raw: dict, summ: dict, mem: dict, checks: dict, tar
             targets_summary.append((f"auth cost < 5 % with {meta['auth_keys']:,} keys", f"{(1 - r) * 100:.1f} %",
                                     "< 5 %", (1 - r) < 0.05))
 
+    variant_section(L, meta, raw, summ, mem, targets, scen_keys)
+
     if targets_summary:
         L.append("## Issue 5 targets (ratios within this run)\n")
         L.append("| target | measured | goal | met |")
@@ -1094,7 +1191,8 @@ def write_report(meta: dict, raw: dict, summ: dict, mem: dict, checks: dict, tar
     L.append("| scenario | target | proxy | lg | up | cpu0 | cpu1 | oth | flags |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for s in scen_keys:
-        for n in names_all + (["gw-100k auth:false", "gw-100k auth:true"] if s == "f" else []):
+        for n in names_all + (["gw-100k auth:false", "gw-100k auth:true", "gw-100k+redis auth:true"]
+                              if s == "f" else []):
             d = summ.get(s, {}).get(n)
             if not d:
                 continue
@@ -1175,6 +1273,8 @@ def main() -> int:
     ap.add_argument("--idle-hold", type=float, default=3.0, help="seconds to hold them before sampling RSS")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-connection memory test")
     ap.add_argument("--auth-keys", type=int, default=AUTH_KEYS, help="keys in the auth-cost gateway's config")
+    ap.add_argument("--variants", default="", help="extra gateway instances, compared with the plain one in the "
+                    "same run: " + ", ".join(f"{k} ({v})" for k, v in VARIANTS.items()))
     ap.add_argument("--auth-pairs", type=int, default=3, help="auth:false/auth:true run pairs per round (auth-cost)")
     ap.add_argument("--retries", type=int, help="re-measure a run when > --noise-max %% CPU went elsewhere "
                                                 "(default 2, quick 0)")
@@ -1197,6 +1297,12 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in ("off", "on") for m in modes):
         raise SystemExit("--modes takes off,on")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; use {list(VARIANTS)}")
+    if variants and "gateway" not in proxies:
+        raise SystemExit("--variants needs the gateway in --proxies")
     by_name = {v[0]: k for k, v in SCENARIOS.items()}
     scen_keys = list(SCENARIOS)
     if args.only:
@@ -1232,7 +1338,7 @@ def main() -> int:
             "command": "bench/run.sh " + " ".join(sys.argv[1:]), "versions": versions(),
             "idle_conns": idle_n, "auth_keys": args.auth_keys, "retries": retries, "noise_max": args.noise_max,
             "settle_max_s": settle_max,
-            "proxies": proxies, "modes": modes, "scenarios": {k: SCENARIOS[k] for k in scen_keys},
+            "proxies": proxies, "modes": modes, "variants": {v: VARIANTS[v] for v in variants}, "scenarios": {k: SCENARIOS[k] for k in scen_keys},
             "host": f"{os.uname().nodename}, {os.cpu_count()} CPUs, kernel {os.uname().release}",
             "placement": {"proxy_cpu": PROXY_CPU, "load_and_upstream_cpu": LOAD_CPU}}
 
@@ -1247,18 +1353,31 @@ def main() -> int:
     checks: dict = {}
     targets: list[Target] = []
     try:
-        up, upstream, h2c_port = start_upstream()
+        up, upstream, h2c_port, upstream2 = start_upstream()
+        redis_port = None
+        if "redis" in variants:
+            rp, redis_port = start_redis()
+            BACKEND_PROCS.append(rp)
         if "direct" in proxies:
             targets.append(Target("direct", "direct", "off", int(upstream.rsplit(":", 1)[1]), tls=False))
         for m in modes:
             for p in ALL_PROXIES:
                 if p in proxies:
                     targets.append(start_target(p, m, upstream))
+            for v in variants:
+                targets.append(start_target("gateway", m, upstream, variant=v, redis_port=redis_port,
+                                            upstream2=upstream2))
         if "f" in scen_keys:
             gk = start_target("gateway", "off", upstream, auth_keys=args.auth_keys)
             gk.proxy = "gw-100k"
             gk.path = OPEN_PATH
             targets.append(gk)
+            if "redis" in variants:
+                # the 100,000-key case with Redis: its auth:true runs sit beside gw-100k's in the pairs
+                gr = start_target("gateway", "off", upstream, auth_keys=args.auth_keys, variant="redis",
+                                  redis_port=redis_port)
+                gr.proxy = "gw-100k"
+                targets.append(gr)
         for t in targets:
             if t.ok:
                 t.ok = functional_check(t)
@@ -1278,7 +1397,7 @@ def main() -> int:
         for s in scen_keys:
             for t in active:
                 if applies(s, t):
-                    n_runs += 2 * args.auth_pairs if s == "f" else 1
+                    n_runs += (args.auth_pairs if t.variant else 2 * args.auth_pairs) if s == "f" else 1
         est = rounds * n_runs * (dur + warm + 0.7) + (0 if args.no_idle else 12 * len(active))
         log(f"benchmarking {[t.name for t in active]}; scenarios {[SCENARIOS[s][0] for s in scen_keys]}; "
             f"{rounds} round(s) × {n_runs} runs (~{est / 60:.1f} min)")
@@ -1288,7 +1407,9 @@ def main() -> int:
                 for t in active:
                     if not applies(s, t):
                         continue
-                    if s == "f":
+                    if s == "f" and t.variant:
+                        cands.append((t, f"{t.name} auth:true"))
+                    elif s == "f":
                         cands.append((t, "gw-100k auth:false"))
                         cands.append((t, "gw-100k auth:true"))
                     else:
@@ -1328,7 +1449,7 @@ def main() -> int:
                         + (f"\n      {res.get('raw_tail', '')!r}" if res.get("raw_tail") else ""))
                 if s == "f":
                     for t, _ in cands:
-                        t.path = OPEN_PATH
+                        t.path = SMALL_PATH if t.variant else OPEN_PATH
         for t in active:
             if t.proxy != "direct" and t.alive():
                 mem[t.name] = {"rss_fresh_mib": round(t.rss_fresh_kib / 1024, 1),

@@ -24,7 +24,8 @@ say() { echo "setup: $*" >&2; }
 
 # ---- packages ---------------------------------------------------------------------------------
 need=()
-for p in nginx haproxy caddy wrk nghttp2-client openssl curl python3 procps util-linux ca-certificates; do
+for p in nginx haproxy caddy wrk nghttp2-client openssl curl python3 procps util-linux ca-certificates \
+  redis-server redis-tools; do   # redis: the --variants redis gateway's Redis
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -36,7 +37,7 @@ if ((${#need[@]})); then
 fi
 # Distro packages may start system-wide services we never use; stop them through their own
 # service manager only (never by process name).
-for svc in nginx haproxy caddy; do
+for svc in nginx haproxy caddy redis-server; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   elif [[ -x /etc/init.d/$svc ]] && /etc/init.d/$svc status >/dev/null 2>&1; then
