@@ -1,0 +1,107 @@
+use super::*;
+
+fn all() -> Vec<GatewayError> {
+    let d = Duration::from_millis(1500);
+    vec![
+        GatewayError::BadRequest(BadRequest::DotSegment),
+        GatewayError::Misdirected,
+        GatewayError::UnknownHost,
+        GatewayError::NoRoute,
+        GatewayError::UnknownChallenge,
+        GatewayError::MissingKey,
+        GatewayError::MissingToken,
+        GatewayError::InvalidKey,
+        GatewayError::ExpiredKey,
+        GatewayError::RevokedKey,
+        GatewayError::WrongTenant,
+        GatewayError::Forbidden(Forbidden::Mutation),
+        GatewayError::UnsupportedMediaType(UnsupportedMedia::ContentType),
+        GatewayError::BadRequest(BadRequest::GraphQl(BadGraphQl::Batch)),
+        GatewayError::GraphQlTooLarge,
+        GatewayError::RequestTimeout,
+        GatewayError::AuthThrottled { retry_after: d },
+        GatewayError::RateLimited { retry_after: d },
+        GatewayError::LimiterUnavailable,
+        GatewayError::PayloadTooLarge,
+        GatewayError::HeadersTooLarge,
+        GatewayError::UriTooLong,
+        GatewayError::Upstream {
+            kind: UpstreamFailure::Connect,
+            source: "x".into(),
+        },
+        GatewayError::UpstreamTimeout,
+        GatewayError::Internal("x".into()),
+    ]
+}
+
+#[test]
+fn status_code_outcome_table() {
+    let table: Vec<(u16, &str, &str)> = all()
+        .iter()
+        .map(|e| (e.status().as_u16(), e.code(), e.outcome().as_str()))
+        .collect();
+    assert_eq!(
+        table,
+        vec![
+            (400, "BAD_REQUEST", "bad_request"),
+            (421, "MISDIRECTED_REQUEST", "misdirected"),
+            (404, "NOT_FOUND", "unknown_host"),
+            (404, "NOT_FOUND", "no_route"),
+            (404, "NOT_FOUND", "unknown_challenge"),
+            (401, "UNAUTHENTICATED", "missing_key"),
+            (401, "UNAUTHENTICATED", "missing_key"),
+            (401, "UNAUTHENTICATED", "invalid_key"),
+            (401, "UNAUTHENTICATED", "expired_key"),
+            (401, "UNAUTHENTICATED", "revoked_key"),
+            (403, "FORBIDDEN", "wrong_tenant"),
+            (403, "FORBIDDEN", "scope_denied"),
+            (415, "UNSUPPORTED_MEDIA_TYPE", "unsupported_media_type"),
+            (400, "BAD_REQUEST", "bad_request"),
+            (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
+            (408, "REQUEST_TIMEOUT", "bad_request"),
+            (429, "TOO_MANY_AUTH_FAILURES", "auth_throttled"),
+            (429, "RATE_LIMITED", "rate_limited"),
+            (503, "SERVICE_UNAVAILABLE", "limiter_unavailable"),
+            (413, "PAYLOAD_TOO_LARGE", "payload_too_large"),
+            (431, "BAD_REQUEST", "bad_request"),
+            (414, "BAD_REQUEST", "bad_request"),
+            (502, "BAD_GATEWAY", "upstream_error"),
+            (504, "GATEWAY_TIMEOUT", "upstream_timeout"),
+            (500, "INTERNAL", "internal"),
+        ]
+    );
+}
+
+#[test]
+fn refused_keys_are_indistinguishable_to_clients() {
+    let bodies: Vec<_> = [
+        GatewayError::InvalidKey,
+        GatewayError::ExpiredKey,
+        GatewayError::RevokedKey,
+    ]
+    .iter()
+    .map(|e| {
+        let r = e.to_response(ErrorShape::Rest, "rid");
+        (r.headers().clone(), r.into_body())
+    })
+    .collect();
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn shapes() {
+    assert_eq!(ErrorShape::for_path("/graphql"), ErrorShape::GraphQl);
+    assert_eq!(ErrorShape::for_path("/metadata/x"), ErrorShape::GraphQl);
+    assert_eq!(ErrorShape::for_path("/rest/metadata"), ErrorShape::Rest);
+    assert_eq!(ErrorShape::for_path("/graphqlx"), ErrorShape::Rest);
+    assert_eq!(ErrorShape::for_path("/GraphQL"), ErrorShape::GraphQl);
+    assert_eq!(ErrorShape::for_path("/graphql;x=1"), ErrorShape::GraphQl);
+    let r = GatewayError::RateLimited {
+        retry_after: Duration::from_millis(1500),
+    }
+    .to_response(ErrorShape::GraphQl, "r\"1");
+    assert_eq!(r.headers()[RETRY_AFTER], "2");
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+    assert_eq!(v["errors"][0]["extensions"]["requestId"], "r\"1");
+}
