@@ -107,6 +107,14 @@ async fn the_order_lock_is_exclusive_expires_and_is_freed_only_by_its_holder() {
     assert!(!a.lock_order(NAME, Duration::from_secs(60)).await.unwrap());
     b.unlock_order(NAME).await.unwrap();
     assert_eq!(redis.cli(&["EXISTS", &key]).trim(), "0");
+
+    // A store dropped mid-order (its manager replaced) releases its locks.
+    assert!(a.lock_order(NAME, Duration::from_secs(60)).await.unwrap());
+    drop(a);
+    eventually("the dropped store's lock released", async || {
+        redis.cli(&["EXISTS", &key]).trim() == "0"
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -221,8 +229,9 @@ async fn redis_down_gives_errors_in_bounded_time_and_the_local_copy() {
         a.local().load_cert(NAME).await.unwrap(),
         Some(later.clone())
     );
+    // One failed call, then the store rests: the rest fail at once.
     let took = t.elapsed();
-    assert!(took < bound * 7, "{took:?}");
+    assert!(took < bound, "{took:?}");
 
     // Back up: the certificate saved meanwhile reaches Redis on a read.
     redis.restart();

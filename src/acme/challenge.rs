@@ -231,4 +231,33 @@ mod tests {
         assert!(challenges.tls_alpn01_server_config("a.test").is_none());
         assert!(challenges.is_empty());
     }
+
+    #[test]
+    fn a_shared_key_authorization_gets_the_same_certificate_shape() {
+        let challenges = Challenges::default();
+        let config = challenges
+            .shared_tls_alpn01_config("a.test", "tok.thumb")
+            .unwrap();
+        assert_eq!(config.alpn_protocols, vec![ACME_TLS_ALPN.to_vec()]);
+        let entry = challenges.shared_tls_alpn01.get("a.test").unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(entry.1.key.cert[0].as_ref()).unwrap();
+        let ext = cert
+            .iter_extensions()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier extension");
+        assert!(ext.critical);
+        assert_eq!(ext.value[2..], Sha256::digest(b"tok.thumb")[..]);
+        drop(entry);
+        // Built once per key authorization; a new one replaces it.
+        let again = challenges
+            .shared_tls_alpn01_config("a.test", "tok.thumb")
+            .unwrap();
+        assert!(Arc::ptr_eq(&config, &again));
+        let other = challenges
+            .shared_tls_alpn01_config("a.test", "tok2.thumb")
+            .unwrap();
+        assert!(!Arc::ptr_eq(&config, &other));
+        // Local answers are unaffected.
+        assert!(challenges.is_empty());
+    }
 }

@@ -805,6 +805,17 @@ mod tests {
     }
 
     #[test]
+    fn peer_looks_back_off_up_to_the_refresh_period() {
+        let o = Options::default();
+        let waits: Vec<u64> = (0..9).map(|n| o.peer_wait(n).as_millis() as u64).collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
+        assert_eq!(o.peer_wait(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
     fn methods_follow_the_listeners() {
         let o = |tls_alpn01, http01| {
             Options {

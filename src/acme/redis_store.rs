@@ -25,13 +25,14 @@
 //!
 //! Redis failing or slow: every call is bounded (background calls by
 //! [`BACKGROUND_TIMEOUT`] or `cluster.timeout` if longer, the CA's challenge
-//! lookups by `cluster.timeout`) and fails at once while the limiter's probe
-//! knows Redis is down. Reads then answer from the local copy; writes keep the
-//! local copy and report the error; the manager orders without the lock.
+//! lookups by `cluster.timeout`), and fails at once while the limiter's probe
+//! knows Redis is down or for [`REST_AFTER_FAILURE`] after a call found it
+//! unreachable. Reads then answer from the local copy; writes keep the local
+//! copy and report the error; the manager orders without the lock.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -48,6 +49,8 @@ pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a published challenge answer lives if the order never withdraws
 /// it (the gateway died): longer than an order's validation can take.
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long calls fail at once after one failed.
+pub const REST_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
 /// Deletes the lock only if it still holds this owner's value: an expired
 /// lock another gateway took since is left alone.
@@ -68,6 +71,10 @@ struct Inner {
     unlock: redis::Script,
     /// name → the owner value of a lock this store holds.
     held: DashMap<String, String>,
+    /// After a failed call, calls fail at once until then (so a start or
+    /// reload with many names and an unreachable Redis waits once, not
+    /// once per name).
+    resting_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -92,6 +99,7 @@ impl RedisStore {
                 local,
                 unlock: redis::Script::new(UNLOCK),
                 held: DashMap::new(),
+                resting_until: Mutex::new(None),
             }),
         }
     }
@@ -102,7 +110,7 @@ impl RedisStore {
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}acme:{kind}:{id}", self.inner.prefix)
+        key(&self.inner.prefix, kind, id)
     }
 
     fn challenge_key(&self, key: &ChallengeKey) -> String {
@@ -112,17 +120,45 @@ impl RedisStore {
         }
     }
 
+    /// Every Redis call: bounded by `timeout`, refused at once while
+    /// resting after a failure.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        action: &'static str,
+        cmd: Command<'_>,
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        let resting = || {
+            self.inner
+                .resting_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if resting().is_some_and(|until| Instant::now() < until) {
+            return Err(shared_error(action, CommandError::Down));
+        }
+        let result = self.inner.redis.command(cmd, timeout).await;
+        // Not reachable (an error reply is Redis answering: no rest).
+        let unreachable = match &result {
+            Ok(_) => false,
+            Err(CommandError::Timeout(_) | CommandError::Down) => true,
+            Err(CommandError::Redis(e)) => {
+                e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped()
+            }
+        };
+        if unreachable {
+            *resting() = Some(Instant::now() + REST_AFTER_FAILURE);
+        }
+        result.map_err(|e| shared_error(action, e))
+    }
+
     async fn run<T: redis::FromRedisValue>(
         &self,
         action: &'static str,
         cmd: &redis::Cmd,
         timeout: Duration,
     ) -> Result<T, StoreError> {
-        self.inner
-            .redis
-            .command(Command::Cmd(cmd), timeout)
-            .await
-            .map_err(|e| shared_error(action, e))
+        self.call(action, Command::Cmd(cmd), timeout).await
     }
 
     async fn get(&self, action: &'static str, key: &str) -> Result<Option<String>, StoreError> {
@@ -138,6 +174,36 @@ impl RedisStore {
         )
         .await
     }
+}
+
+/// A manager replaced (reload) or stopped mid-order: release its locks so
+/// that the next one need not wait for them to expire.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let held: Vec<(String, String)> = self
+            .held
+            .iter()
+            .map(|e| (key(&self.prefix, "lock", e.key()), e.value().clone()))
+            .collect();
+        let (redis, script, timeout) = (self.redis.clone(), self.unlock.clone(), self.background);
+        runtime.spawn(async move {
+            for (key, owner) in held {
+                let mut inv = script.prepare_invoke();
+                inv.key(&key).arg(&owner);
+                let _ = redis.command::<i64>(Command::Script(&inv), timeout).await;
+            }
+        });
+    }
+}
+
+fn key(prefix: &str, kind: &str, id: &str) -> String {
+    format!("{prefix}acme:{kind}:{id}")
 }
 
 fn shared_error(action: &'static str, e: CommandError) -> StoreError {
@@ -303,12 +369,13 @@ impl Store for RedisStore {
         let key = self.key("lock", name);
         let mut inv = self.inner.unlock.prepare_invoke();
         inv.key(&key).arg(&owner);
-        self.inner
-            .redis
-            .command::<i64>(Command::Script(&inv), self.inner.background)
-            .await
-            .map(drop)
-            .map_err(|e| shared_error("release the order lock", e))
+        self.call::<i64>(
+            "release the order lock",
+            Command::Script(&inv),
+            self.inner.background,
+        )
+        .await
+        .map(drop)
     }
 
     async fn put_challenge(
