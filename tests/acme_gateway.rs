@@ -496,3 +496,38 @@ async fn two_gateways_share_one_tls_alpn01_order_through_redis() {
 async fn two_gateways_share_one_http01_order_through_redis() {
     two_gateways_one_order(true).await;
 }
+
+#[tokio::test]
+async fn with_redis_down_acme_works_unshared() {
+    let up = spawn_upstream("core").await;
+    let f = fixture(PebbleConfig::default()).await;
+    let root = f.root.clone();
+    // Nothing listens there: the order lock, the published answers and the
+    // shared copy all fail, bounded; the order goes on locally.
+    let acme = format!(
+        "{}cluster:\n  redis: redis://127.0.0.1:{}\n  timeout: 200ms\n",
+        f.acme,
+        free_port()
+    );
+    let yaml = config(&up.url(), f.https, None, DELTA, &acme);
+    let gw = f.setup.spawn(&yaml).await;
+
+    let issued = wait_event(&gw, "acme_certificate_issued", DELTA, ISSUE_TIMEOUT).await;
+    assert_eq!(issued["challenge"], "tls-alpn-01");
+    let (status, body, _) = get_delta(gw.https(), &root).await;
+    assert_eq!(status, 200, "{body}\n{}", gw.all_output());
+    let unshared = events(&gw, "acme_store_error");
+    assert!(
+        unshared.iter().any(|e| e["name"] == DELTA),
+        "{}",
+        gw.all_output()
+    );
+    assert!(
+        gw.setup
+            .dir
+            .path()
+            .join(format!("acme/certs/{DELTA}.pem"))
+            .exists(),
+        "the local copy"
+    );
+}

@@ -27,8 +27,9 @@
 //! [`BACKGROUND_TIMEOUT`] or `cluster.timeout` if longer, the CA's challenge
 //! lookups by `cluster.timeout`), and fails at once while the limiter's probe
 //! knows Redis is down or for [`REST_AFTER_FAILURE`] after a call found it
-//! unreachable. Reads then answer from the local copy; writes keep the local
-//! copy and report the error; the manager orders without the lock.
+//! unreachable. Reads then answer from the local copy; writes go to the local
+//! copy only (and reach Redis with a later read); the manager orders without
+//! the lock.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -274,7 +275,11 @@ impl Store for RedisStore {
             .local
             .save_account(directory, credentials)
             .await?;
-        self.set("store the ACME account", &key, credentials).await
+        // Stored locally: shared by a later read once Redis answers.
+        if let Err(e) = self.set("store the ACME account", &key, credentials).await {
+            degraded("save_account", "", &e);
+        }
+        Ok(())
     }
 
     async fn load_cert(&self, name: &str) -> Result<Option<StoredCert>, StoreError> {
@@ -329,15 +334,17 @@ impl Store for RedisStore {
     }
 
     async fn save_cert(&self, name: &str, cert: &StoredCert) -> Result<(), StoreError> {
-        let local = self.inner.local.save_cert(name, cert).await;
-        let shared = self
-            .set(
-                "store a certificate",
-                &self.key("cert", name),
-                &join_cert(cert),
-            )
-            .await;
-        local.and(shared)
+        self.inner.local.save_cert(name, cert).await?;
+        // Stored locally: shared by the next read (every minute) once Redis
+        // answers.
+        let key = self.key("cert", name);
+        if let Err(e) = self
+            .set("store a certificate", &key, &join_cert(cert))
+            .await
+        {
+            degraded("save_cert", name, &e);
+        }
+        Ok(())
     }
 
     fn is_shared(&self) -> bool {
