@@ -411,14 +411,15 @@ impl Inner {
             .issued(name)
             .is_none_or(|current| issued.not_after() > current.not_after());
         if newer {
-            let served = self.certs.issued(name);
+            let renewal = self.certs.issued(name).is_some();
+            let not_after = issued.not_after();
             self.install(name, Arc::new(issued));
             if self.store.is_shared() {
                 tracing::info!(
                     event = "acme_certificate_loaded",
                     name,
-                    not_after = %humantime::format_rfc3339_seconds(self.certs.issued(name).map_or(SystemTime::UNIX_EPOCH, |i| i.not_after())),
-                    renewal = served.is_some(),
+                    not_after = %humantime::format_rfc3339_seconds(not_after),
+                    renewal,
                     "certificate taken from the shared store"
                 );
             }
