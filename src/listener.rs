@@ -207,7 +207,12 @@ where
     let hello = start.client_hello();
     let sni = hello.server_name().map(normalize_sni);
     if is_acme_tls_alpn(&hello) {
-        let Some(challenge) = sni.as_deref().and_then(|n| gw.acme.tls_alpn01_config(n)) else {
+        // Ours, or (with `cluster`) one another gateway published.
+        let challenge = match sni.as_deref() {
+            Some(name) => gw.acme.tls_alpn01_answer(name).await,
+            None => None,
+        };
+        let Some(challenge) = challenge else {
             return failed("acme-tls/1 offered with no TLS-ALPN-01 validation pending");
         };
         return match tokio::time::timeout(timeout, start.into_stream(challenge)).await {

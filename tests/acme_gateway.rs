@@ -4,6 +4,7 @@
 
 mod acme_support;
 pub mod common;
+mod redis_support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use acme_support::pebble::{Pebble, PebbleConfig, free_port};
 use acme_support::{ISSUE_TIMEOUT, client_config, connect, handshake, https_get, serial};
 use common::*;
+use redis_support::RedisServer;
 use serde_json::Value;
 
 const TOKEN_DELTA: &str = "tgw_test_delta_ci_0123456789abcdef";
@@ -397,5 +399,135 @@ async fn check_validates_the_acme_block_without_the_ca() {
     assert!(
         !setup.dir.path().join("acme").exists(),
         "check creates nothing"
+    );
+}
+
+/// Two gateways sharing one `redis-server` and one pebble (SPEC: "the CA
+/// may validate against any gateway behind the load balancer").
+///
+/// The arrangement that makes pebble validate against the gateway that did
+/// NOT place the order, deterministically: pebble's `tlsPort` (TLS-ALPN-01)
+/// or `httpPort` (HTTP-01) is gateway B's listener, and only gateway A has
+/// the domain at first, so A is the one that orders while B is already up
+/// and answers from the key authorization A published in Redis. B's config
+/// then gains the domain by reload: B takes A's certificate from Redis
+/// instead of ordering it.
+async fn two_gateways_one_order(http01: bool) {
+    let redis = RedisServer::tcp();
+    let up = spawn_upstream("core").await;
+    let (b_https, b_http) = (free_port(), free_port());
+    let f = fixture(PebbleConfig {
+        // TLS-ALPN-01 at B; or at nothing, so that A falls back to HTTP-01
+        // at B.
+        tls_port: if http01 { free_port() } else { b_https },
+        http_port: b_http,
+        ..Default::default()
+    })
+    .await;
+    let cluster = format!("cluster:\n  redis: {}\n  timeout: 500ms\n", redis.url());
+    let acme = format!("{}{cluster}", f.acme);
+    let root = f.root.clone();
+    // A's listeners are not where pebble looks.
+    let (a_https, a_http) = (f.https, http01.then(free_port));
+    let b_yaml = |domains: &str| config(&up.url(), b_https, Some(b_http), domains, &acme);
+    let b_setup = GatewaySetup::new();
+    b_setup.file(
+        "pebble-ca.pem",
+        std::fs::read(&f.pebble.ca_roots).expect("roots"),
+    );
+    let b = b_setup.spawn(&b_yaml("")).await;
+    let a = f
+        .setup
+        .spawn(&config(&up.url(), a_https, a_http, DELTA, &acme))
+        .await;
+
+    let issued = wait_event(&a, "acme_certificate_issued", DELTA, ISSUE_TIMEOUT).await;
+    let challenge = if http01 { "http-01" } else { "tls-alpn-01" };
+    assert_eq!(issued["challenge"], challenge, "{}", f.pebble.log());
+
+    // B gets the name: it serves A's certificate, taken from Redis.
+    b.replace_config(&b_yaml(DELTA));
+    let r = b.admin_reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_event(
+        &b,
+        "acme_certificate_loaded",
+        DELTA,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Both serve the same chain (verified against pebble's root), and a
+    // request through each reaches delta's upstream.
+    let (status_a, body_a, chain_a) = get_delta(a.https(), &root).await;
+    assert_eq!(status_a, 200, "{body_a}\n{}", a.all_output());
+    let (status_b, body_b, chain_b) = get_delta(b.https(), &root).await;
+    assert_eq!(status_b, 200, "{body_b}\n{}", b.all_output());
+    assert_eq!(serial(&chain_a), serial(&chain_b));
+    assert_eq!(chain_a, chain_b);
+    let recorded = up.wait_requests(2).await;
+    for r in &recorded {
+        assert_eq!(r.header("x-gateway-tenant"), Some("delta"));
+    }
+
+    // One order in all, placed by A.
+    let started = events(&a, "acme_order_started");
+    assert!(!started.is_empty());
+    assert!(started.iter().all(|e| e["name"] == DELTA));
+    assert!(
+        events(&b, "acme_order_started").is_empty(),
+        "{}",
+        b.all_output()
+    );
+    let issued_series = "gateway_acme_orders_total{result=\"issued\"}";
+    assert_eq!(metric(&a.metrics_text().await, issued_series), 1.0);
+    assert_eq!(metric(&b.metrics_text().await, issued_series), 0.0);
+    // The answers were withdrawn with the order.
+    let left = redis.cli(&["KEYS", "twenty-gateway:acme:*-01:*"]);
+    assert!(left.trim().is_empty(), "{left}");
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_tls_alpn01_order_through_redis() {
+    two_gateways_one_order(false).await;
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_http01_order_through_redis() {
+    two_gateways_one_order(true).await;
+}
+
+#[tokio::test]
+async fn with_redis_down_acme_works_unshared() {
+    let up = spawn_upstream("core").await;
+    let f = fixture(PebbleConfig::default()).await;
+    let root = f.root.clone();
+    // Nothing listens there: the order lock, the published answers and the
+    // shared copy all fail, bounded; the order goes on locally.
+    let acme = format!(
+        "{}cluster:\n  redis: redis://127.0.0.1:{}\n  timeout: 200ms\n",
+        f.acme,
+        free_port()
+    );
+    let yaml = config(&up.url(), f.https, None, DELTA, &acme);
+    let gw = f.setup.spawn(&yaml).await;
+
+    let issued = wait_event(&gw, "acme_certificate_issued", DELTA, ISSUE_TIMEOUT).await;
+    assert_eq!(issued["challenge"], "tls-alpn-01");
+    let (status, body, _) = get_delta(gw.https(), &root).await;
+    assert_eq!(status, 200, "{body}\n{}", gw.all_output());
+    let unshared = events(&gw, "acme_store_error");
+    assert!(
+        unshared.iter().any(|e| e["name"] == DELTA),
+        "{}",
+        gw.all_output()
+    );
+    assert!(
+        gw.setup
+            .dir
+            .path()
+            .join(format!("acme/certs/{DELTA}.pem"))
+            .exists(),
+        "the local copy"
     );
 }

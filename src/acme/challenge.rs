@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
+use sha2::{Digest, Sha256};
 
 /// The ALPN protocol of TLS-ALPN-01.
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -58,7 +59,15 @@ pub struct Challenges {
     http01: DashMap<String, String>,
     /// TLS-ALPN-01 name → challenge certificate.
     tls_alpn01: DashMap<String, Arc<TlsAlpnAnswer>>,
+    /// Challenge certificates built from answers another gateway shared:
+    /// name → (SHA-256 of the key authorization, answer). Bounded by
+    /// [`MAX_SHARED_ANSWERS`].
+    shared_tls_alpn01: DashMap<String, (Vec<u8>, Arc<TlsAlpnAnswer>)>,
 }
+
+/// Bound on the cache of challenge certificates built for other gateways'
+/// orders (cleared when full).
+const MAX_SHARED_ANSWERS: usize = 256;
 
 impl Challenges {
     /// The body to answer `GET /.well-known/acme-challenge/<token>` with.
@@ -95,6 +104,30 @@ impl Challenges {
 
     pub(crate) fn remove_tls_alpn01(&self, name: &str) {
         self.tls_alpn01.remove(name);
+    }
+
+    /// The server config answering a TLS-ALPN-01 validation of `name` with
+    /// `key_authorization`, published by the gateway that placed the order:
+    /// the same certificate shape as the local path. Built once per key
+    /// authorization.
+    pub fn shared_tls_alpn01_config(
+        &self,
+        name: &str,
+        key_authorization: &str,
+    ) -> Result<Arc<ServerConfig>, String> {
+        let digest = Sha256::digest(key_authorization.as_bytes()).to_vec();
+        if let Some(entry) = self.shared_tls_alpn01.get(name)
+            && entry.0 == digest
+        {
+            return Ok(entry.1.config.clone());
+        }
+        let answer = Arc::new(tls_alpn01_answer(name, &digest)?);
+        if self.shared_tls_alpn01.len() >= MAX_SHARED_ANSWERS {
+            self.shared_tls_alpn01.clear();
+        }
+        self.shared_tls_alpn01
+            .insert(name.to_string(), (digest, answer.clone()));
+        Ok(answer.config.clone())
     }
 
     /// Nothing pending (tests: every order cleaned up after itself).
@@ -196,6 +229,35 @@ mod tests {
 
         challenges.remove_tls_alpn01("a.test");
         assert!(challenges.tls_alpn01_server_config("a.test").is_none());
+        assert!(challenges.is_empty());
+    }
+
+    #[test]
+    fn a_shared_key_authorization_gets_the_same_certificate_shape() {
+        let challenges = Challenges::default();
+        let config = challenges
+            .shared_tls_alpn01_config("a.test", "tok.thumb")
+            .unwrap();
+        assert_eq!(config.alpn_protocols, vec![ACME_TLS_ALPN.to_vec()]);
+        let entry = challenges.shared_tls_alpn01.get("a.test").unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(entry.1.key.cert[0].as_ref()).unwrap();
+        let ext = cert
+            .iter_extensions()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier extension");
+        assert!(ext.critical);
+        assert_eq!(ext.value[2..], Sha256::digest(b"tok.thumb")[..]);
+        drop(entry);
+        // Built once per key authorization; a new one replaces it.
+        let again = challenges
+            .shared_tls_alpn01_config("a.test", "tok.thumb")
+            .unwrap();
+        assert!(Arc::ptr_eq(&config, &again));
+        let other = challenges
+            .shared_tls_alpn01_config("a.test", "tok2.thumb")
+            .unwrap();
+        assert!(!Arc::ptr_eq(&config, &other));
+        // Local answers are unaffected.
         assert!(challenges.is_empty());
     }
 }

@@ -48,7 +48,19 @@ pub struct Options {
     /// Longest sleep before a name's task looks again (the store may hold a
     /// newer certificate; the CA's ARI window may have moved).
     pub recheck: Duration,
+    /// With a shared store: how often a name's stored certificate is read
+    /// again (another gateway may have renewed it).
+    pub shared_refresh: Duration,
+    /// With a shared store, while another gateway holds a name's order
+    /// lock: the first wait before looking for its certificate; doubles
+    /// with each look, up to `shared_refresh`.
+    pub peer_poll: Duration,
 }
+
+/// How much longer than `order_timeout` an order lock lives: the lock is
+/// released when the attempt ends, and expires this long after it could
+/// have ended if its holder died.
+pub const LOCK_MARGIN: Duration = Duration::from_secs(60);
 
 impl Default for Options {
     fn default() -> Self {
@@ -61,6 +73,8 @@ impl Default for Options {
             poll_timeout: Duration::from_secs(120),
             order_timeout: Duration::from_secs(600),
             recheck: Duration::from_secs(6 * 3600),
+            shared_refresh: Duration::from_secs(60),
+            peer_poll: Duration::from_millis(500),
         }
     }
 }
@@ -75,6 +89,16 @@ impl Options {
             .checked_mul(factor)
             .unwrap_or(self.backoff_cap)
             .min(self.backoff_cap)
+    }
+
+    /// The wait before the `looks`-th (from 0) look for the certificate of
+    /// a name another gateway is ordering.
+    pub fn peer_wait(&self, looks: u32) -> Duration {
+        let factor = 1u32.checked_shl(looks).unwrap_or(u32::MAX);
+        self.peer_poll
+            .checked_mul(factor)
+            .unwrap_or(self.shared_refresh)
+            .min(self.shared_refresh.max(self.peer_poll))
     }
 
     fn methods(&self) -> Vec<Method> {
@@ -213,6 +237,12 @@ impl Manager {
         &self.inner.challenges
     }
 
+    /// Where the account and certificates persist (and, when shared, the
+    /// other gateways' challenge answers).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
     /// Make `names` the managed set (at start and on every reload): stored
     /// certificates of new names are loaded (and served) before this
     /// returns; names without a valid one are ordered in the background;
@@ -231,7 +261,7 @@ impl Manager {
         wanted.sort();
         wanted.dedup();
 
-        let new: Vec<String> = {
+        let (new, kept): (Vec<String>, Vec<String>) = {
             let map = &self.inner.names;
             map.retain(|name, state| {
                 let keep = wanted.binary_search(name).is_ok();
@@ -245,8 +275,10 @@ impl Manager {
                 keep
             });
             let mut new = Vec::new();
+            let mut kept = Vec::new();
             for name in wanted {
                 if map.contains_key(&name) {
+                    kept.push(name);
                     continue;
                 }
                 let status = Status {
@@ -258,8 +290,21 @@ impl Manager {
                 map.insert(name.clone(), NameState { status, task: None });
                 new.push(name);
             }
-            new
+            (new, kept)
         };
+
+        // A reload also picks up what other gateways renewed (in the
+        // background: a slow Redis must not hold the reload up).
+        if self.inner.store.is_shared() && !kept.is_empty() {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                for name in kept {
+                    if inner.names.contains_key(&name) {
+                        inner.refresh_from_store(&name).await;
+                    }
+                }
+            });
+        }
 
         for name in new {
             self.inner.refresh_from_store(&name).await;
@@ -341,37 +386,77 @@ impl Inner {
 
     /// Install the stored certificate if it is valid and newer than the one
     /// served (another gateway sharing the store may have renewed it).
-    async fn refresh_from_store(&self, name: &str) {
+    /// Whether it was installed.
+    async fn refresh_from_store(&self, name: &str) -> bool {
         let stored = match self.store.load_cert(name).await {
             Ok(Some(stored)) => stored,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::warn!(event = "acme_store_error", name, error = %e, "cannot load the stored certificate");
-                return;
+                return false;
             }
         };
         let issued = match Issued::parse(name, &stored) {
             Ok(issued) => issued,
             Err(reason) => {
                 tracing::warn!(event = "acme_store_error", name, error = %reason, "stored certificate unusable; ordering a new one");
-                return;
+                return false;
             }
         };
         if issued.not_after() <= SystemTime::now() {
-            return;
+            return false;
         }
         let newer = self
             .certs
             .issued(name)
             .is_none_or(|current| issued.not_after() > current.not_after());
         if newer {
+            let renewal = self.certs.issued(name).is_some();
+            let not_after = issued.not_after();
             self.install(name, Arc::new(issued));
+            if self.store.is_shared() {
+                tracing::info!(
+                    event = "acme_certificate_loaded",
+                    name,
+                    not_after = %humantime::format_rfc3339_seconds(not_after),
+                    renewal,
+                    "certificate taken from the shared store"
+                );
+            }
+        }
+        newer
+    }
+
+    /// Sleep `total`; with a shared store, look for a newer certificate
+    /// every `shared_refresh` meanwhile, and end early when one is served
+    /// (the renewal time moved). Without one, look once at the end.
+    async fn sleep_refreshing(&self, name: &str, total: Duration) {
+        if !self.store.is_shared() {
+            tokio::time::sleep(total).await;
+            self.refresh_from_store(name).await;
+            return;
+        }
+        let served = |certs: &Certificates| certs.issued(name).map(|i| i.not_after());
+        let before = served(&self.certs);
+        let until = tokio::time::Instant::now() + total;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left.min(self.options.shared_refresh)).await;
+            // Installed here, or by a reload's refresh meanwhile.
+            if self.refresh_from_store(name).await || served(&self.certs) != before {
+                return;
+            }
         }
     }
 
     /// A name's life: load, wait until due, order, back off on failure.
     async fn run(self: Arc<Self>, name: String) {
         let mut failures = 0u32;
+        // Looks for the certificate of another gateway's order, in a row.
+        let mut peer_looks = 0u32;
         loop {
             let due = match self.certs.issued(&name) {
                 Some(current) => self.renew_at(&current).await,
@@ -380,9 +465,10 @@ impl Inner {
             if let Ok(wait) = due.duration_since(SystemTime::now())
                 && !wait.is_zero()
             {
+                peer_looks = 0;
                 self.set_phase(&name, Phase::Waiting { renew_at: due });
-                tokio::time::sleep(wait.min(self.options.recheck)).await;
-                self.refresh_from_store(&name).await;
+                self.sleep_refreshing(&name, wait.min(self.options.recheck))
+                    .await;
                 continue;
             }
 
@@ -392,14 +478,34 @@ impl Inner {
             };
             match self
                 .store
-                .lock_order(&name, self.options.order_timeout)
+                .lock_order(&name, self.options.order_timeout + LOCK_MARGIN)
                 .await
             {
-                Ok(true) => {}
+                Ok(true) => {
+                    peer_looks = 0;
+                    // Another gateway may have finished just before.
+                    if self.store.is_shared() && self.refresh_from_store(&name).await {
+                        if let Err(e) = self.store.unlock_order(&name).await {
+                            tracing::warn!(event = "acme_store_error", name, error = %e, "cannot release the order lock");
+                        }
+                        continue;
+                    }
+                }
                 Ok(false) => {
-                    // Another gateway is ordering it: look again later.
+                    // Another gateway is ordering it: wait for its
+                    // certificate (the phase stays `Ordering`, so first
+                    // handshakes wait too). Its lock ends with its attempt,
+                    // or expires if it died; then this gateway takes it.
                     drop(slot);
-                    tokio::time::sleep(self.options.backoff_base).await;
+                    if peer_looks == 0 {
+                        tracing::info!(
+                            event = "acme_order_elsewhere",
+                            name,
+                            "another gateway is ordering this name; waiting for its certificate"
+                        );
+                    }
+                    tokio::time::sleep(self.options.peer_wait(peer_looks)).await;
+                    peer_looks = peer_looks.saturating_add(1);
                     self.refresh_from_store(&name).await;
                     continue;
                 }
@@ -697,6 +803,17 @@ mod tests {
         assert_eq!(o.backoff(12), Duration::from_secs(86400));
         assert_eq!(o.backoff(40), Duration::from_secs(86400));
         assert_eq!(o.backoff(u32::MAX), Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn peer_looks_back_off_up_to_the_refresh_period() {
+        let o = Options::default();
+        let waits: Vec<u64> = (0..9).map(|n| o.peer_wait(n).as_millis() as u64).collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
+        assert_eq!(o.peer_wait(u32::MAX), Duration::from_secs(60));
     }
 
     #[test]

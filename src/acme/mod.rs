@@ -13,7 +13,10 @@
 //! - [`certs`] — [`Certificates`]: the issued certificates the TLS layer
 //!   reads per handshake, and the wait for a name's first one.
 //! - [`store`] — [`Store`]: where the account and certificates persist
-//!   ([`FileStore`]: files under `storage`; a shared store plugs in here).
+//!   ([`FileStore`]: files under `storage`).
+//! - [`redis_store`] — [`RedisStore`]: with `cluster`, the account, the
+//!   certificates, the pending challenge answers and a per-name order lock
+//!   shared by the gateways through Redis (a [`FileStore`] copy kept).
 //! - [`client`] — the HTTPS client instant-acme talks through (`ca_roots`).
 //! - [`metrics`] — `gateway_acme_orders_total`,
 //!   `gateway_certificate_expiry_timestamp_seconds`.
@@ -35,6 +38,7 @@ pub mod client;
 pub mod manager;
 pub mod metrics;
 pub mod order;
+pub mod redis_store;
 pub mod service;
 pub mod settings;
 pub mod store;
@@ -43,9 +47,10 @@ pub use certs::{Certificates, Issued};
 pub use challenge::Challenges;
 pub use manager::{Manager, ManagerError, Options, Phase, Shared, Status};
 pub use metrics::AcmeMetrics;
+pub use redis_store::RedisStore;
 pub use service::Acme;
 pub use settings::{FieldError, Settings, ValidSettings};
-pub use store::{FileStore, Store, StoreError, StoredCert};
+pub use store::{ChallengeKey, FileStore, Store, StoreError, StoredCert};
 
 /// Whether `name` may be ordered over HTTP-01/TLS-ALPN-01 and used as a
 /// storage key: a lowercase DNS name of at least two labels, no wildcard, no

@@ -262,10 +262,15 @@ async fn validate<'c>(
                 challenges: ctx.challenges,
                 key: key.clone(),
             });
-            ctx.store
+            // Not shared (Redis down): this gateway still answers; a CA
+            // reaching another one fails validation and the order is retried.
+            if let Err(e) = ctx
+                .store
                 .put_challenge(&key, key_authorization.as_str())
                 .await
-                .map_err(|e| Failure::local(format!("cannot publish the challenge answer: {e}")))?;
+            {
+                tracing::warn!(event = "acme_store_error", name, error = %e, "cannot publish the challenge answer; only this gateway can answer it");
+            }
             challenge.set_ready().await.map_err(Failure::ca)?;
         }
     }

@@ -12,15 +12,21 @@ use rustls::sign::CertifiedKey;
 
 use super::manager::{Manager, ManagerError, Options, Phase, Shared};
 use super::metrics::AcmeMetrics;
+use super::redis_store::RedisStore;
 use super::settings::ValidSettings;
+use super::store::{ChallengeKey, FileStore, Store};
+use crate::cluster;
 use crate::tls::CertSource;
+
+/// What the running manager was built from.
+type Running = (ValidSettings, Options, Option<cluster::Settings>);
 
 pub struct Acme {
     shared: Shared,
     /// The running manager, for the handshake path.
     manager: ArcSwapOption<Manager>,
     /// What the running manager was built from; serialises `configure`.
-    running: tokio::sync::Mutex<Option<(ValidSettings, Options)>>,
+    running: tokio::sync::Mutex<Option<Running>>,
 }
 
 impl Acme {
@@ -42,13 +48,16 @@ impl Acme {
 
     /// Apply the config (at start and after every reload): `settings` `None`
     /// stops ACME; otherwise `names` (tenant domains no file certificate
-    /// covers) are the managed set. A manager is built when the settings
-    /// change; if that fails, the previous one keeps running.
+    /// covers) are the managed set, and with `cluster` the state is shared
+    /// with the other gateways through its Redis ([`RedisStore`]). A manager
+    /// is built when any of these settings change; if that fails, the
+    /// previous one keeps running.
     pub async fn configure(
         &self,
         settings: Option<&ValidSettings>,
         options: Options,
         names: Vec<String>,
+        cluster: Option<&cluster::Shared>,
     ) -> Result<(), ManagerError> {
         let mut running = self.running.lock().await;
         let Some(settings) = settings else {
@@ -57,16 +66,26 @@ impl Acme {
             self.forget_all_but(&[]);
             return Ok(());
         };
+        let cluster_settings = cluster.map(|c| c.settings().clone());
         let changed = running
             .as_ref()
-            .is_none_or(|(s, o)| s != settings || *o != options);
+            .is_none_or(|(s, o, c)| s != settings || *o != options || *c != cluster_settings);
         if changed {
-            let manager =
-                Manager::with_file_store(settings.clone(), options.clone(), self.shared.clone())?;
+            let local = FileStore::open(&settings.storage)?;
+            let store: Arc<dyn Store> = match cluster {
+                Some(redis) => Arc::new(RedisStore::new(redis.clone(), local)),
+                None => Arc::new(local),
+            };
+            let manager = Manager::new(
+                settings.clone(),
+                options.clone(),
+                store,
+                self.shared.clone(),
+            )?;
             // Dropping the old manager stops its orders; its certificates
             // stay in the shared map until the new one replaces them.
             self.manager.store(Some(Arc::new(manager)));
-            *running = Some((settings.clone(), options));
+            *running = Some((settings.clone(), options, cluster_settings));
         }
         if let Some(manager) = self.manager.load_full() {
             for name in manager.set_names(names.iter().cloned()).await {
@@ -97,6 +116,64 @@ impl Acme {
     /// no validation pending, refuse the handshake.
     pub fn tls_alpn01_config(&self, name: &str) -> Option<Arc<ServerConfig>> {
         self.shared.challenges.tls_alpn01_server_config(name)
+    }
+
+    /// The shared store, if the running manager has one.
+    fn shared_store(&self) -> Option<Arc<dyn Store>> {
+        let manager = self.manager.load_full()?;
+        let store = manager.store();
+        store.is_shared().then(|| store.clone())
+    }
+
+    /// An answer another gateway published for its order; `None` when there
+    /// is none, no shared store, or Redis failed (logged: the CA gets no
+    /// answer from this gateway, never a stalled connection).
+    async fn shared_answer(&self, key: ChallengeKey) -> Option<String> {
+        let store = self.shared_store()?;
+        match store.get_challenge(&key).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let challenge = match &key {
+                    ChallengeKey::Http01 { .. } => "http-01",
+                    ChallengeKey::TlsAlpn01 { .. } => "tls-alpn-01",
+                };
+                tracing::warn!(event = "acme_challenge_lookup_failed", challenge, error = %e, "cannot look up a shared challenge answer");
+                None
+            }
+        }
+    }
+
+    /// [`Acme::http01`], else the answer another gateway sharing the store
+    /// published (one Redis read bounded by `cluster.timeout`).
+    pub async fn http01_answer(&self, token: &str) -> Option<String> {
+        if let Some(answer) = self.http01(token) {
+            return Some(answer);
+        }
+        self.shared_answer(ChallengeKey::Http01 {
+            token: token.to_string(),
+        })
+        .await
+    }
+
+    /// [`Acme::tls_alpn01_config`], else a challenge certificate built from
+    /// the key authorization another gateway sharing the store published
+    /// (one Redis read bounded by `cluster.timeout`).
+    pub async fn tls_alpn01_answer(&self, name: &str) -> Option<Arc<ServerConfig>> {
+        if let Some(config) = self.tls_alpn01_config(name) {
+            return Some(config);
+        }
+        let key_authorization = self
+            .shared_answer(ChallengeKey::TlsAlpn01 {
+                name: name.to_string(),
+            })
+            .await?;
+        self.shared
+            .challenges
+            .shared_tls_alpn01_config(name, &key_authorization)
+            .inspect_err(|e| {
+                tracing::warn!(event = "acme_error", name, error = %e, "cannot build a TLS-ALPN-01 answer")
+            })
+            .ok()
     }
 
     /// Whether a handshake for `name` (normalised) should wait: the name is

@@ -50,6 +50,12 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The shared store (Redis) failed or did not answer in time.
+    #[error("cannot {action} in Redis: {reason}")]
+    Shared {
+        action: &'static str,
+        reason: String,
+    },
 }
 
 /// Persistence for the ACME account and certificates.
@@ -63,6 +69,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn load_cert(&self, name: &str) -> Result<Option<StoredCert>, StoreError>;
     async fn save_cert(&self, name: &str, cert: &StoredCert) -> Result<(), StoreError>;
+
+    /// Whether other gateways share this store: their certificates are
+    /// looked for periodically, their challenge answers on a miss.
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     /// Claim the right to order `name` for at most `ttl`; `false` when
     /// another gateway holds it. A store used by one gateway grants it always
@@ -124,15 +136,21 @@ impl FileStore {
 
     /// The file holding `directory`'s account.
     pub fn account_path(&self, directory: &str) -> PathBuf {
-        let digest = Sha256::digest(directory.as_bytes());
         self.root
-            .join(format!("account-{}.json", hex::encode(&digest[..8])))
+            .join(format!("account-{}.json", account_id(directory)))
     }
 
     /// The file holding `name`'s key and chain.
     pub fn cert_path(&self, name: &str) -> PathBuf {
         self.root.join("certs").join(format!("{name}.pem"))
     }
+}
+
+/// A short name for `directory`'s account (the first 8 bytes of its
+/// SHA-256, hex): file and key names hold this, never the URL.
+pub(crate) fn account_id(directory: &str) -> String {
+    let digest = Sha256::digest(directory.as_bytes());
+    hex::encode(&digest[..8])
 }
 
 fn create_dir(path: &Path) -> Result<(), StoreError> {
@@ -195,8 +213,20 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Split a stored `<name>.pem` into its key and chain.
-fn split_cert_file(path: &Path, pem: &str) -> Result<StoredCert, StoreError> {
+/// A certificate as one PEM text: the private key, then the chain.
+pub(crate) fn join_cert(cert: &StoredCert) -> String {
+    let mut data = String::with_capacity(cert.key_pem.len() + cert.chain_pem.len() + 1);
+    data.push_str(&cert.key_pem);
+    if !data.ends_with('\n') {
+        data.push('\n');
+    }
+    data.push_str(&cert.chain_pem);
+    data
+}
+
+/// Split a stored `<name>.pem` (or a value of the same shape read from
+/// `path`, a description of where it came from) into its key and chain.
+pub(crate) fn split_cert_file(path: &Path, pem: &str) -> Result<StoredCert, StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
         path: path.to_path_buf(),
         reason: reason.into(),
@@ -239,12 +269,7 @@ impl Store for FileStore {
 
     async fn save_cert(&self, name: &str, cert: &StoredCert) -> Result<(), StoreError> {
         let path = self.cert_path(name);
-        let mut data = String::with_capacity(cert.key_pem.len() + cert.chain_pem.len() + 1);
-        data.push_str(&cert.key_pem);
-        if !data.ends_with('\n') {
-            data.push('\n');
-        }
-        data.push_str(&cert.chain_pem);
+        let data = join_cert(cert);
         tokio::task::spawn_blocking(move || write_atomic(&path, data.as_bytes())).await?
     }
 }

@@ -343,6 +343,54 @@ impl Shared {
     }
 }
 
+/// Why a call made outside the limiter path ([`Shared::command`]) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Known down (the probe has not seen it answer since): not asked.
+    #[error("Redis is down")]
+    Down,
+    #[error("no answer from Redis within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl Shared {
+    /// One command or script for another user of the connection (ACME's
+    /// store), bounded by `timeout`. Fails at once while Redis is known down.
+    /// Does not count in the limiter's metrics nor move its up/down state
+    /// (the limiter's calls and the probe do that).
+    pub async fn command<T: redis::FromRedisValue>(
+        &self,
+        cmd: Command<'_>,
+        timeout: Duration,
+    ) -> Result<T, CommandError> {
+        let inner = &*self.inner;
+        if !inner.up.load(Ordering::Acquire) {
+            return Err(CommandError::Down);
+        }
+        let conn = Conn::clone(&inner.conn.load());
+        let call = async {
+            match (conn, cmd) {
+                (Conn::Single(mut c), Command::Cmd(cmd)) => cmd.query_async(&mut c).await,
+                (Conn::Cluster(mut c), Command::Cmd(cmd)) => cmd.query_async(&mut c).await,
+                (Conn::Single(mut c), Command::Script(inv)) => inv.invoke_async(&mut c).await,
+                (Conn::Cluster(mut c), Command::Script(inv)) => inv.invoke_async(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(CommandError::Timeout(timeout)),
+        }
+    }
+}
+
+/// What [`Shared::command`] sends.
+pub enum Command<'a> {
+    Cmd(&'a redis::Cmd),
+    Script(&'a redis::ScriptInvocation<'a>),
+}
+
 /// The pipeline's seam: the same decisions, in the shapes the local
 /// limiters give.
 impl SharedLimits for Shared {

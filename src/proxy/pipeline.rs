@@ -43,7 +43,7 @@ pub async fn run(
         && snap.config.acme.is_some()
         && let Some(token) = acme::challenge::http01_token(req.uri().path())
     {
-        return answer_http01(gw, token);
+        return answer_http01(gw, token).await;
     }
     let (mut parts, body) = req.into_parts();
 
@@ -195,10 +195,12 @@ pub fn check_head<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), Ga
 
 /// Step 1b: the key authorization for a pending HTTP-01 challenge; 404
 /// `NOT_FOUND` for any other token.
-pub fn answer_http01(gw: &Gateway, token: &str) -> Result<Response<Payload>, GatewayError> {
+pub async fn answer_http01(gw: &Gateway, token: &str) -> Result<Response<Payload>, GatewayError> {
+    // Ours, or (with `cluster`) one another gateway published.
     let answer = gw
         .acme
-        .http01(token)
+        .http01_answer(token)
+        .await
         .ok_or(GatewayError::UnknownChallenge)?;
     Response::builder()
         .header(http::header::CONTENT_TYPE, "text/plain")

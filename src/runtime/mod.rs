@@ -185,7 +185,12 @@ impl Gateway {
             Some(a) => (Some(&a.settings), a.names.clone()),
             None => (None, Vec::new()),
         };
-        if let Err(e) = self.acme.configure(settings, options, names).await {
+        let cluster = self.registry.cluster();
+        if let Err(e) = self
+            .acme
+            .configure(settings, options, names, cluster.as_ref())
+            .await
+        {
             tracing::error!(event = "acme_error", error = %e, "cannot run ACME; tenant domains get no certificates from it");
         }
     }

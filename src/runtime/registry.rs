@@ -110,6 +110,15 @@ impl Registry {
         }
     }
 
+    /// The running `cluster` connection, if the installed config has one
+    /// (ACME shares its state through it).
+    pub fn cluster(&self) -> Option<Shared> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Per-server balancing and health state (tests and diagnostics).
     pub fn servers(&self) -> &balance::Registry {
         &self.servers
