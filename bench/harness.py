@@ -34,6 +34,8 @@ RESULTS = BENCH / "results"
 GWLOAD = BENCH / "tools/gwload/target/release/gwload"
 # GATEWAY_BIN=/path/to/other/build overrides (e.g. to compare two builds; run.sh still builds the tree)
 GATEWAY_BIN = Path(os.environ.get("GATEWAY_BIN") or ROOT / "target/release/twenty-gateway")
+# --variants base: another build of the gateway (e.g. an older commit) with the plain config, same run
+BASE_BIN = Path(os.environ["GATEWAY_BASE_BIN"]) if os.environ.get("GATEWAY_BASE_BIN") else None
 
 HOST = "acme.example.test"
 API_KEY = "bench-key-1"
@@ -64,6 +66,7 @@ SCENARIOS = {
 VARIANTS = {
     "redis": "the same gateway with `cluster: {redis: ...}` (a local redis-server on CPU 0): every limiter shared",
     "pool2": "the same gateway with `core` a pool of two servers (two ports of the upstream nginx)",
+    "base": "another build of the gateway ($GATEWAY_BASE_BIN, e.g. an older commit) with the plain config",
 }
 VARIANT_SCENARIOS = ("a", "c", "e")       # what a variant is measured on (f: the redis 100k-key case)
 BACKEND_PROCS: list[subprocess.Popen] = []  # redis-server: counted with the upstream, not as noise
@@ -442,7 +445,8 @@ def start_target(proxy: str, mode: str, upstream: str, auth_keys: int = 0, varia
                                     open_route=bool(auth_keys),
                                     redis=f"127.0.0.1:{redis_port}" if variant == "redis" else None,
                                     upstream2=upstream2 if variant == "pool2" else None))
-        chk = subprocess.run([str(GATEWAY_BIN), "check", "--config", str(cfg)], capture_output=True, text=True,
+        binary = BASE_BIN if variant == "base" and BASE_BIN else GATEWAY_BIN
+        chk = subprocess.run([str(binary), "check", "--config", str(cfg)], capture_output=True, text=True,
                              timeout=120)
         if chk.returncode != 0:
             log(f"!! `twenty-gateway check` rejected the generated {cfg.name}: {chk.stderr.strip()[:1500]}")
@@ -451,7 +455,7 @@ def start_target(proxy: str, mode: str, upstream: str, auth_keys: int = 0, varia
                                         "expected": "exit 0", "got": f"exit {chk.returncode}: {chk.stderr.strip()[:1500]}"}}
             return t
         # JSON lines on stdout: to the access-log file when logs are on, else to .run/<name>.log
-        t.proc = start(fname, [str(GATEWAY_BIN), "--config", str(cfg), "--workers", "1"], PROXY_CPU,
+        t.proc = start(fname, [str(binary), "--config", str(cfg), "--workers", "1"], PROXY_CPU,
                        stdout=t.logfile)
         wait = 90.0 if auth_keys else 30.0
     else:
@@ -729,6 +733,8 @@ def applies(scen: str, t: Target) -> bool:
         return t.proxy == "gw-100k"
     if t.proxy == "gw-100k":
         return False
+    if t.variant == "base":
+        return True
     if t.variant:
         return scen in VARIANT_SCENARIOS
     if scen == "e" and t.proxy == "direct":
@@ -949,7 +955,7 @@ def variant_section(L: list[str], meta: dict, raw: dict, summ: dict, mem: dict, 
     for v, what in meta.get("variants", {}).items():
         L.append(f"- **{v}**: {what}")
     L.append("")
-    L.append("| scenario | variant | req/s | ÷ gateway | CPU µs/req | ÷ gateway | p99 ms | p99 − gateway ms | "
+    L.append("| scenario | variant | req/s (MiB/s) | ÷ gateway | CPU µs/req | ÷ gateway | p99 ms | p99 − gateway ms | "
              "Redis cmds/req |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 
@@ -957,10 +963,10 @@ def variant_section(L: list[str], meta: dict, raw: dict, summ: dict, mem: dict, 
         return summ.get(sc, {}).get(n, {}).get(f)
     for sc in scen_keys:
         for t in vts:
-            if sc not in VARIANT_SCENARIOS or sc not in summ or t.name not in summ[sc]:
+            if sc not in summ or t.name not in summ[sc]:
                 continue
             base = "gateway" + ("+log" if t.mode == "on" else "")
-            rps, brps = cell(sc, t.name, "rps"), cell(sc, base, "rps")
+            rps, brps = cell(sc, t.name, "value"), cell(sc, base, "value")
             cpu, bcpu = cell(sc, t.name, "cpu_us"), cell(sc, base, "cpu_us")
             p99, bp99 = cell(sc, t.name, "p99_ms"), cell(sc, base, "p99_ms")
             cmds = med([r.get("redis_cmds_per_req") for r in raw[sc][t.name]]) if t.redis_port else None
@@ -1303,6 +1309,8 @@ def main() -> int:
             raise SystemExit(f"unknown variant {v!r}; use {list(VARIANTS)}")
     if variants and "gateway" not in proxies:
         raise SystemExit("--variants needs the gateway in --proxies")
+    if "base" in variants and not (BASE_BIN and BASE_BIN.exists()):
+        raise SystemExit("--variants base needs GATEWAY_BASE_BIN=<path of another gateway build>")
     by_name = {v[0]: k for k, v in SCENARIOS.items()}
     scen_keys = list(SCENARIOS)
     if args.only:
