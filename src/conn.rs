@@ -484,6 +484,14 @@ async fn serve_until_parked<T: Transport>(
             return None;
         }
         if !info.activity.parking.load(Ordering::Relaxed) {
+            // hyper has answered and shut our side down; what the client
+            // still sends (a body we refused without reading) is read
+            // and dropped for a moment, so the close is a FIN after our
+            // answer, not a reset that can destroy it in the client's
+            // buffer. `None`: upgraded, the socket went to the tunnel.
+            if let Some(parts) = conn.into_parts() {
+                linger(parts.io.into_inner()).await;
+            }
             return None;
         }
         // `None`: upgraded (WebSocket), the socket went to the tunnel.
@@ -499,6 +507,30 @@ async fn serve_until_parked<T: Transport>(
         info.activity.read_bytes();
         timer.as_mut().reset(clock.restart(Instant::now()).into());
     }
+}
+
+/// How long a closed HTTP/1.1 connection keeps reading what the client
+/// still sends, and how much of it (nginx's lingering close, shorter).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Read and drop what the client sends after our side was shut down, until
+/// it closes too (at once, for a client that was done), [`LINGER_TIME`] or
+/// [`LINGER_BYTES`]: closing a socket with unread bytes sends a TCP reset,
+/// and a reset can discard the response the client had not read yet (a
+/// 413 answered before the body it refuses arrived).
+async fn linger<T: AsyncRead + Unpin>(mut io: T) {
+    let mut buf = [0u8; 8192];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// Close a parked connection the way hyper would: TLS close_notify, FIN.

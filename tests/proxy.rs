@@ -572,6 +572,44 @@ async fn body_over_max_request_body_is_413_with_content_length() {
     assert_graphql_error(&r, 413, "PAYLOAD_TOO_LARGE");
 }
 
+/// A body refused before it was read (413 on its announced length): the
+/// gateway goes on reading and dropping what the client still sends after
+/// the answer, so the client reads the 413 and then a clean close. Closing
+/// with unread bytes would send a TCP reset, which can destroy the answer
+/// in the client's buffer and fails the client's next write.
+#[tokio::test]
+async fn refused_body_is_drained_after_the_answer_not_reset() {
+    let up = spawn_upstream("core").await;
+    let gw = body_limit_gateway(&up).await;
+    let mut c = RawConn::tls(gw.https(), Some("acme.gw.test")).await;
+    let head = format!(
+        "POST /rest/people HTTP/1.1\r\nhost: acme.gw.test\r\nauthorization: {}\r\n\
+         content-length: 1048576\r\n\r\n",
+        acme_auth()
+    );
+    c.write(head.as_bytes()).await;
+    c.write(&vec![b'x'; 64 * 1024]).await;
+    let r = c.read_response().await;
+    assert_eq!(r.status, 413);
+    // The gateway's close: its close_notify + FIN right after the answer.
+    let end = c.read_some(Duration::from_secs(10)).await;
+    assert!(
+        matches!(&end, Ok(v) if v.is_empty()),
+        "want EOF, got {end:?}"
+    );
+    // The client still sends the rest of the body it announced, as clients
+    // that do not read while writing do; a closed socket would answer the
+    // first piece with a reset and fail the next write.
+    for i in 0..8 {
+        let more = c.write_result(&vec![b'x'; 64 * 1024]).await;
+        assert!(
+            more.is_ok(),
+            "write {i}: the gateway reset the connection: {more:?}"
+        );
+    }
+    assert!(up.requests().is_empty());
+}
+
 async fn chunked_413(h2: bool) {
     let up = spawn_upstream("core").await;
     let gw = body_limit_gateway(&up).await;
