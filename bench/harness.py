@@ -315,6 +315,10 @@ def gateway_yaml(port: int, admin: int, upstream: str, access_log: bool, extra_k
     ]
     if open_route:
         L.append("  - { prefix: /open,          upstream: core, auth: false }")
+    if open_route:
+        # SPEC Part 2: every request on a route without a key counts against limits.anonymous_per_ip
+        # (default 600/min per client IP); raised like the key's rate so that it never trips here
+        L += ["limits:", f"  anonymous_per_ip: {NEVER_TRIPS}"]
     if redis:
         # redis variant: every limiter shared through this Redis (SPEC Part 2 `cluster`), defaults otherwise
         L += ["cluster:", f"  redis: redis://{redis}/0"]
