@@ -17,6 +17,9 @@
 # and valgrind (installed if missing). KEEP=path keeps the callgrind output for callgrind_annotate;
 # GATEWAY_BIN=path measures that binary instead of building target/release (A/B of two builds);
 # LOGS=1 turns the access log on (JSON lines to a file; the writer thread is counted too).
+# REDIS=1 adds `cluster` with a redis-server of its own (every limiter shared: one script call per
+# request; Redis's own work is not counted); POOL=2 makes the upstream a pool of two servers (two
+# ports of the same upstream nginx). Both measure what a Part 2 feature costs when configured.
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH/.." && pwd)"
@@ -35,7 +38,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP_PORT="$(free_port)"; GW_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"
+UP_PORT="$(free_port)"; UP_PORT2="$(free_port)"; GW_PORT="$(free_port)"; ADMIN_PORT="$(free_port)"
 KEY="bench-key-1"
 SHA="$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
 
@@ -56,12 +59,24 @@ http {
     scgi_temp_path $WORK/tmp/scgi;
     server {
         listen 127.0.0.1:$UP_PORT;
+        listen 127.0.0.1:$UP_PORT2;
         default_type application/json;
         location / { return 200 '{"data":{"people":[{"id":"0f7c5a1e","name":{"firstName":"Ada","lastName":"Lovelace"},"emails":{"primaryEmail":"ada@example.test"},"city":"London","position":1}]},"totalCount":1,"bench":"x"}'; }
     }
 }
 EOF
 ACCESS_LOG=false; [[ -z "${LOGS:-}" ]] || ACCESS_LOG=true
+CORE="http://127.0.0.1:$UP_PORT"
+[[ "${POOL:-1}" == 2 ]] && CORE="{ servers: [http://127.0.0.1:$UP_PORT, http://127.0.0.1:$UP_PORT2] }"
+CLUSTER=""
+if [[ -n "${REDIS:-}" ]]; then
+  command -v redis-server >/dev/null || { say "installing redis-server"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools >&2; }
+  REDIS_PORT="$(free_port)"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  CLUSTER="cluster: { redis: \"redis://127.0.0.1:$REDIS_PORT/0\" }"
+fi
 cat >"$WORK/gateway.yaml" <<EOF
 listen:
   https: 127.0.0.1:$GW_PORT
@@ -72,7 +87,7 @@ tls:
     - { cert: $BENCH/certs/server.crt, key: $BENCH/certs/server.key }
 base_domains: [example.test]
 upstreams:
-  core: http://127.0.0.1:$UP_PORT
+  core: $CORE
   metadata: http://127.0.0.1:$UP_PORT
 routes:
   - { prefix: /rest, upstream: core }
@@ -82,6 +97,7 @@ tenants:
     key_rate: { requests: 100000000, per: 1s }
 keys:
   - { id: bench, tenant: acme, sha256: $SHA }
+$CLUSTER
 EOF
 
 nginx -p "$WORK" -c "$WORK/upstream.conf" -g "daemon off;" >/dev/null 2>&1 &
@@ -101,7 +117,14 @@ P=(--h1); M=1; [[ $MODE == h2 ]] && { P=(); M=10; }
 load() { h2load "${P[@]}" --connect-to="127.0.0.1:$GW_PORT" -c8 -m"$1" -n "$2" "${H[@]}" "$URL"; }
 load 1 2000 >/dev/null
 callgrind_control -i on "$VG" >/dev/null 2>&1
+CMDS0="0 0"; [[ -n "${REDIS:-}" ]] && CMDS0="$(redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[=,:]' '/^cmdstat_/ && !/cmdstat_info/ {a+=$3; if ($1 !~ /^cmdstat_(time|get|set)$/) s+=$3} END{print s+0, a+0}')"
 load "$M" "$N" | grep -E "^requests:|^status codes:" >&2
+if [[ -n "${REDIS:-}" ]]; then
+  CMDS1="$(redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[=,:]' '/^cmdstat_/ && !/cmdstat_info/ {a+=$3; if ($1 !~ /^cmdstat_(time|get|set)$/) s+=$3} END{print s+0, a+0}')"
+  read -r S0 A0 <<<"$CMDS0"; read -r S1 A1 <<<"$CMDS1"
+  # TIME/GET/SET are what the limiter script calls inside Redis (no round trip of their own)
+  echo "redis: $((S1 - S0)) commands sent for $N requests ($((A1 - A0)) executed, counting those inside the script)"
+fi
 callgrind_control -i off "$VG" >/dev/null 2>&1
 callgrind_control -d "$VG" >/dev/null 2>&1
 OUT="$(ls "$WORK"/cg.out.* | head -1)"

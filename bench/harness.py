@@ -363,16 +363,24 @@ def start_redis() -> tuple[subprocess.Popen, int]:
     return p, port
 
 
-def redis_calls(port: int) -> int:
-    """Commands Redis has executed so far (INFO commandstats), the INFO calls themselves left out."""
+# What the limiter script (src/cluster/script.rs) calls inside Redis: INFO commandstats counts these
+# too, although they cost no round trip. The gateway never sends them itself without `acme`.
+SCRIPT_INTERNAL = {"time", "get", "set"}
+
+
+def redis_calls(port: int) -> tuple[int, int]:
+    """(commands clients sent, commands Redis executed including those inside scripts) so far, from
+    INFO commandstats; the INFO calls themselves left out."""
     out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"], capture_output=True,
                          text=True, timeout=10).stdout
-    n = 0
+    sent = executed = 0
     for ln in out.splitlines():
-        m = re.match(r"cmdstat_([a-z|]+):calls=(\d+)", ln)
+        m = re.match(r"cmdstat_([a-z|_]+):calls=(\d+)", ln)
         if m and m.group(1) != "info":
-            n += int(m.group(2))
-    return n
+            executed += int(m.group(2))
+            if m.group(1) not in SCRIPT_INTERNAL:
+                sent += int(m.group(2))
+    return sent, executed
 
 
 def wait_port(port: int, p: subprocess.Popen | None, secs: float) -> bool:
@@ -769,13 +777,13 @@ def measure(scen: str, t: Target, up: subprocess.Popen, dur: float, warm: float,
     cmd = load_cmd(scen, t, dur, h2c_port)
     ppids = t.pids if t.proxy != "direct" else []
     upids = proc_tree(up.pid) + [q.pid for q in BACKEND_PROCS if q.poll() is None]
-    rc0 = redis_calls(t.redis_port) if t.redis_port else 0
+    rc0 = redis_calls(t.redis_port) if t.redis_port else (0, 0)
     s0 = all_proc_ticks()
     c0, pt0, ut0, t0 = cpu_stat(), cpu_ticks(ppids), cpu_ticks(upids), time.monotonic()
     out, lg_cpu = run_load(cmd, dur)
     c1, pt1, ut1, t1 = cpu_stat(), cpu_ticks(ppids), cpu_ticks(upids), time.monotonic()
     s1 = all_proc_ticks()
-    rc1 = redis_calls(t.redis_port) if t.redis_port else 0
+    rc1 = redis_calls(t.redis_port) if t.redis_port else (0, 0)
     wall = t1 - t0
     tool = Path(cmd[0]).name
     r = parse_h2load(out) if tool == "h2load" else parse_gwload(out) if tool == "gwload" else parse_wrk(out)
@@ -784,8 +792,10 @@ def measure(scen: str, t: Target, up: subprocess.Popen, dur: float, warm: float,
     if t.redis_port:
         # Redis commands per request, counted by Redis itself (requests in flight at the edges of the
         # window make this approximate to a fraction of a percent)
-        r["redis_cmds"] = rc1 - rc0
-        r["redis_cmds_per_req"] = round((rc1 - rc0) / r["requests"], 3) if r.get("requests") else None
+        r["redis_cmds"] = rc1[0] - rc0[0]
+        r["redis_cmds_per_req"] = round((rc1[0] - rc0[0]) / r["requests"], 3) if r.get("requests") else None
+        r["redis_executed_per_req"] = (round((rc1[1] - rc0[1]) / r["requests"], 3) if r.get("requests")
+                                       else None)
     r["wall_s"] = round(wall, 2)
     r["proxy_cpu_pct"] = round(100 * (pt1 - pt0) / CLK / wall, 1) if ppids else None
     # what a request costs the proxy: its CPU time (user + system, all threads) over the requests
@@ -988,9 +998,13 @@ def variant_section(L: list[str], meta: dict, raw: dict, summ: dict, mem: dict, 
                  f"{fmt(f_red['p99_ms'] - f_loc['p99_ms'], 2) if f_red['p99_ms'] is not None and f_loc['p99_ms'] is not None else '–'} | "
                  f"{fmt(cmds, 3) if cmds is not None else '–'} |")
     L.append("")
-    L.append("Redis cmds/req: `INFO commandstats` calls during the measured run (INFO itself left out) ÷ requests. "
-             "redis-server runs on CPU 0 with the load side; its CPU is counted with the upstream's, not the "
-             "gateway's.\n")
+    ex = [r.get("redis_executed_per_req") for sc in raw for n, runs in raw[sc].items() if "redis" in n
+          for r in runs if r.get("redis_executed_per_req") is not None]
+    L.append("Redis cmds/req: commands the gateway sent (`INFO commandstats` during the measured run, INFO itself "
+             "and the calls the limiter script makes inside Redis — TIME, GET, SET — left out) ÷ requests; "
+             f"counting those too, Redis executed {fmt(min(ex), 2) if ex else '–'}–{fmt(max(ex), 2) if ex else '–'} "
+             "per request. redis-server runs on CPU 0 with the load side; its CPU is counted with the upstream's, "
+             "not the gateway's.\n")
 
 
 def write_report(meta: dict, raw: dict, summ: dict, mem: dict, checks: dict, targets: list[Target],
