@@ -74,7 +74,9 @@ impl<V> HostTable<V> {
 /// dot. `None` if it is not a plausible DNS name or IP literal.
 pub fn normalize_host(raw: &str) -> Option<String> {
     let raw = raw.trim();
-    if raw.is_empty() || raw.len() > 260 || raw.contains('@') {
+    // (An `@` (userinfo) fails the character checks below, in the name and
+    // in the port alike.)
+    if raw.is_empty() || raw.len() > 260 {
         return None;
     }
     let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
@@ -87,8 +89,9 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         };
         return check_port(port).then(|| format!("[{}]", addr.to_ascii_lowercase()));
     } else {
-        match raw.rsplit_once(':') {
-            Some((n, p)) => (n, Some(p)),
+        // (A byte scan: `rsplit_once` sets up a char searcher.)
+        match raw.bytes().rposition(|b| b == b':') {
+            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
             None => (raw, None),
         }
     };
@@ -96,15 +99,25 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         return None;
     }
     let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty()
-        || name.len() > 253
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-        || name.starts_with('.')
-        || name.ends_with('.')
-        || name.contains("..")
-    {
+    if name.len() > 253 {
+        return None;
+    }
+    // One pass (this runs on every request): letters, digits, `-`, `_` and
+    // single dots inside; starting with a dot counts as a doubled one, and
+    // `prev` still being a dot at the end refuses an empty name or one that
+    // ends with a dot.
+    let mut prev = b'.';
+    for b in name.bytes() {
+        let ok = match b {
+            b'.' => prev != b'.',
+            _ => b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'),
+        };
+        if !ok {
+            return None;
+        }
+        prev = b;
+    }
+    if prev == b'.' {
         return None;
     }
     Some(name.to_ascii_lowercase())
@@ -197,6 +210,13 @@ mod tests {
             "[zz]",
             "acme.localhost:8x",
             "a/b",
+            ".",
+            "..",
+            "a..:80",
+            "acme@localhost",
+            "acme.localhost:80@x",
+            "[::1]@x",
+            "[::1]:80@",
         ] {
             assert_eq!(normalize_host(h), None, "{h:?}");
         }

@@ -63,6 +63,16 @@ pub struct CertLabels {
     pub name: String,
 }
 
+/// The outcomes `gateway_auth_failures_total` counts.
+const AUTH_FAILURES: [Outcome; 6] = [
+    Outcome::InvalidKey,
+    Outcome::ExpiredKey,
+    Outcome::RevokedKey,
+    Outcome::MissingKey,
+    Outcome::WrongTenant,
+    Outcome::AuthThrottled,
+];
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One tenant route's `gateway_requests_total` counters, one per status
@@ -79,6 +89,9 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Histogram,
     pub auth_failures: Family<OutcomeLabels, Counter>,
+    /// `auth_failures`' counter of each outcome, looked up on first use
+    /// (the label set is fixed: no hashing per refused request).
+    auth_failure_counters: [OnceLock<Counter>; AUTH_FAILURES.len()],
     pub rate_limited: Family<TenantLabels, Counter>,
     pub scope_denied: Family<TenantLabels, Counter>,
     pub upstream_errors: Family<UpstreamLabels, Counter>,
@@ -109,6 +122,7 @@ impl Metrics {
             // 0.5 ms … ~16 s
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             auth_failures: Family::default(),
+            auth_failure_counters: Default::default(),
             rate_limited: Family::default(),
             scope_denied: Family::default(),
             upstream_errors: Family::default(),
@@ -236,11 +250,20 @@ impl Metrics {
             | Outcome::MissingKey
             | Outcome::WrongTenant
             | Outcome::AuthThrottled => {
-                self.auth_failures
-                    .get_or_create(&OutcomeLabels {
-                        outcome: r.outcome.as_str(),
-                    })
-                    .inc();
+                let outcome = r.outcome.as_str();
+                match AUTH_FAILURES.iter().position(|o| *o == r.outcome) {
+                    Some(i) => self.auth_failure_counters[i]
+                        .get_or_init(|| {
+                            self.auth_failures
+                                .get_or_create(&OutcomeLabels { outcome })
+                                .clone()
+                        })
+                        .inc(),
+                    None => self
+                        .auth_failures
+                        .get_or_create(&OutcomeLabels { outcome })
+                        .inc(),
+                };
             }
             Outcome::RateLimited => {
                 self.rate_limited

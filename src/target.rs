@@ -12,12 +12,11 @@ pub fn check_path(path: &str) -> Result<(), BadRequest> {
     if bytes.first() != Some(&b'/') {
         return Err(BadRequest::NotOriginForm);
     }
-    let rest = &bytes[1..];
-    let count = rest.split(|b| *b == b'/').count();
-    for (i, seg) in rest.split(|b| *b == b'/').enumerate() {
+    let mut segments = bytes[1..].split(|b| *b == b'/').peekable();
+    while let Some(seg) = segments.next() {
         if seg.is_empty() {
             // Only a single trailing slash (or the root "/") may be empty.
-            if i + 1 == count {
+            if segments.peek().is_none() {
                 continue;
             }
             return Err(BadRequest::EmptySegment);
@@ -28,11 +27,21 @@ pub fn check_path(path: &str) -> Result<(), BadRequest> {
 }
 
 fn check_segment(seg: &[u8]) -> Result<(), BadRequest> {
-    if !seg.contains(&b'%') {
-        if seg.contains(&b'\\') {
+    // One look at each byte (this runs on every request).
+    let (mut escaped, mut backslash, mut nul) = (false, false, false);
+    for &b in seg {
+        match b {
+            b'%' => escaped = true,
+            b'\\' => backslash = true,
+            0 => nul = true,
+            _ => {}
+        }
+    }
+    if !escaped {
+        if backslash {
             return Err(BadRequest::Backslash);
         }
-        if seg.contains(&0) {
+        if nul {
             return Err(BadRequest::Nul);
         }
         if seg == b"." || seg == b".." {
@@ -136,6 +145,13 @@ mod tests {
             ("/rest/a%", BadPercentEncoding),
             ("/rest/%c0%ae%c0%ae", NotUtf8),
             ("/rest/%ff", NotUtf8),
+            ("/rest/a\\b\0", Backslash),
+            ("/rest/a\0b", Nul),
+            ("/rest/a\\%41", Backslash),
+            ("/rest/a\0%41", Nul),
+            ("/rest/x\0/a\\b", Nul),
+            ("/rest/./a//b", DotSegment),
+            ("/a//b/..", EmptySegment),
         ] {
             assert_eq!(check_path(p), Err(why), "{p}");
         }

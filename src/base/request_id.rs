@@ -13,7 +13,11 @@ pub fn new_request_id() -> HeaderValue {
     let mut hex = [0u8; 32];
     // Cannot fail: the buffer is exactly twice the input's length.
     let _ = hex::encode_to_slice(rand::random::<[u8; 16]>(), &mut hex);
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // Owned by a reference-counted block from the start: the id is cloned
+    // into the upstream request and the response, and a plain copy would
+    // be moved into a shared block (a second allocation) on its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Request ids are visible ASCII (checked or generated), so this is exact.

@@ -96,6 +96,11 @@ fn shapes() {
     assert_eq!(ErrorShape::for_path("/graphqlx"), ErrorShape::Rest);
     assert_eq!(ErrorShape::for_path("/GraphQL"), ErrorShape::GraphQl);
     assert_eq!(ErrorShape::for_path("/graphql;x=1"), ErrorShape::GraphQl);
+    assert_eq!(ErrorShape::for_path("///metadata?x"), ErrorShape::GraphQl);
+    assert_eq!(ErrorShape::for_path("graphql"), ErrorShape::GraphQl);
+    assert_eq!(ErrorShape::for_path(""), ErrorShape::Rest);
+    assert_eq!(ErrorShape::for_path("/"), ErrorShape::Rest);
+    assert_eq!(ErrorShape::for_path("/graph"), ErrorShape::Rest);
     let r = GatewayError::RateLimited {
         retry_after: Duration::from_millis(1500),
     }
@@ -104,4 +109,55 @@ fn shapes() {
     let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
     assert_eq!(v["errors"][0]["extensions"]["code"], "RATE_LIMITED");
     assert_eq!(v["errors"][0]["extensions"]["requestId"], "r\"1");
+}
+
+#[test]
+fn hand_written_bodies_are_what_serde_json_writes() {
+    let ids = [
+        "rid",
+        "0123456789abcdef0123456789abcdef",
+        "r\"1",
+        "back\\slash",
+        "tab\there",
+        "nl\n\u{1}\u{1f}",
+        "~!#$%&'()*+,-./:;<=>?@[]^_`{|}",
+        "",
+        "é ünïcode ✓",
+    ];
+    for e in all() {
+        let Row {
+            status,
+            code,
+            message,
+            ..
+        } = e.row();
+        for id in ids {
+            let rest = serde_json::to_vec(&RestError {
+                status_code: status.as_u16(),
+                error: code,
+                messages: [message],
+                request_id: id,
+            })
+            .unwrap();
+            assert_eq!(
+                rest_body(status.as_u16(), code, message, id),
+                rest,
+                "{id:?}"
+            );
+            let gql = serde_json::to_vec(&GraphQlErrors {
+                errors: [GraphQlError {
+                    message,
+                    extensions: Extensions {
+                        code,
+                        request_id: id,
+                    },
+                }],
+            })
+            .unwrap();
+            assert_eq!(graphql_body(code, message, id), gql, "{id:?}");
+        }
+    }
+    for n in [0u16, 7, 10, 99, 100, 404, 999, 1000, 65535] {
+        assert_eq!(itoa_u16(n, &mut [0; 5]), n.to_string().as_bytes());
+    }
 }

@@ -50,13 +50,15 @@ pub async fn run(
     // 2. The host, malformed → 400; then 421 before the tenant lookup: a
     //    connection whose certificate does not cover this host must not be
     //    used for it, whether or not we know the host.
-    let host = host::request_host(&parts).map_err(GatewayError::BadRequest)?;
-    ctx.host = Some(host.name.clone());
-    check_coverage(conn, &host)?;
-
+    let RequestHost { raw: host, name } =
+        host::request_host(&parts).map_err(GatewayError::BadRequest)?;
     // 3. Tenant from the host, then route from the path: both are cheap map
     //    lookups that need no credentials.
-    let (tenant, route) = select(snap, &host, parts.uri.path(), ctx)?;
+    let selected =
+        check_coverage(conn, &name).and_then(|()| select(snap, &name, parts.uri.path(), ctx));
+    // The name goes to the log as it is (moved, not copied), refused or not.
+    ctx.host = Some(name);
+    let (tenant, route) = selected?;
 
     // 4. Authentication, on routes that want a key (the brake first: a
     //    braked client is refused before we spend a hash on its guess).
@@ -129,7 +131,7 @@ pub async fn run(
             // The usual case (no trusted proxy in front): made once per connection.
             client_ip_header: (ctx.client_ip == conn.peer.ip()).then_some(&conn.peer_header),
             proto: if conn.tls.is_some() { "https" } else { "http" },
-            host: &host.raw,
+            host: &host,
             request_id: &ctx.request_id,
             tenant: &tenant.tenant.header,
             key_id: key.map(|k| &k.key.header),
@@ -208,26 +210,25 @@ pub async fn answer_http01(gw: &Gateway, token: &str) -> Result<Response<Payload
         .map_err(|e| GatewayError::Internal(e.into()))
 }
 
-/// Step 2b: 421 when the connection's certificate does not cover the host.
-pub fn check_coverage(conn: &ConnInfo, host: &RequestHost) -> Result<(), GatewayError> {
+/// Step 2b: 421 when the connection's certificate does not cover the host
+/// (its normalised name).
+pub fn check_coverage(conn: &ConnInfo, host: &str) -> Result<(), GatewayError> {
     match &conn.tls {
-        Some(tls)
-            if tls.sni.is_some() && tls.cert.as_ref().is_some_and(|c| !c.covers(&host.name)) =>
-        {
+        Some(tls) if tls.sni.is_some() && tls.cert.as_ref().is_some_and(|c| !c.covers(host)) => {
             Err(GatewayError::Misdirected)
         }
         _ => Ok(()),
     }
 }
 
-/// Step 3: the tenant of the host and its route for the path.
+/// Step 3: the tenant of the (normalised) host and its route for the path.
 pub fn select<'s>(
     snap: &'s Snapshot,
-    host: &RequestHost,
+    host: &str,
     path: &str,
     ctx: &mut RequestCtx,
 ) -> Result<(&'s TenantEntry, &'s RouteEntry), GatewayError> {
-    let tenant = snap.tenant(&host.name).ok_or(GatewayError::UnknownHost)?;
+    let tenant = snap.tenant(host).ok_or(GatewayError::UnknownHost)?;
     ctx.tenant = Some(tenant.tenant.name.clone());
     let route = tenant.routes.lookup(path).ok_or(GatewayError::NoRoute)?;
     ctx.route = Some(route.route.prefix.clone());

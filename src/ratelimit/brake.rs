@@ -2,6 +2,7 @@
 //! the limit, refuses every authenticated request from that IP for a while.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -14,6 +15,9 @@ use super::per_ip::{MAX_TRACKED, PerIp, bucket};
 pub struct AuthBrake {
     failures: PerIp,
     blocked: DashMap<IpAddr, Instant>,
+    /// Set before the first block: until then every authenticated request
+    /// skips the lookup in `blocked` (a hash and a shard lock).
+    ever_blocked: AtomicBool,
 }
 
 impl AuthBrake {
@@ -27,6 +31,7 @@ impl AuthBrake {
         AuthBrake {
             failures: PerIp::with_cap(rate, "auth_brake_reset", cap),
             blocked: DashMap::new(),
+            ever_blocked: AtomicBool::new(false),
         }
     }
 
@@ -36,6 +41,9 @@ impl AuthBrake {
 
     /// Remaining block time for this client, if it is braked.
     pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+        if !self.ever_blocked.load(Ordering::Acquire) {
+            return None;
+        }
         let ip = bucket(ip);
         let until = *self.blocked.get(&ip)?;
         let now = Instant::now();
@@ -55,6 +63,7 @@ impl AuthBrake {
             let now = Instant::now();
             self.blocked.retain(|_, u| *u > now);
         }
+        self.ever_blocked.store(true, Ordering::Release);
         self.blocked.insert(bucket(ip), Instant::now() + wait);
         Some(wait)
     }

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use http::header::Entry;
 use http::header::{
     AUTHORIZATION, CONNECTION, EXPECT, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
@@ -38,33 +39,87 @@ static HOP_BY_HOP: [&HeaderName; 5] = [&KEEP_ALIVE, &TE, &TRAILER, &TRANSFER_ENC
 /// protected), the standard list, and every `Proxy-*`. With `upgrade`, keeps
 /// `Upgrade` and sets `Connection: upgrade` so the handshake passes.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One pass over the names, then removals only for what is there: most
-    // messages carry nothing here or just `Connection: keep-alive`, and a
-    // hashed removal costs more than a look at each name.
-    let (mut connection, mut present, mut proxy) = (false, [false; HOP_BY_HOP.len()], false);
-    for name in headers.keys() {
-        if name == CONNECTION {
-            connection = true;
-        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
-            present[i] = true;
-        } else if name.as_str().starts_with("proxy-") {
-            proxy = true;
+    let seen = Seen::scan(headers);
+    strip(headers, upgrade, &seen);
+}
+
+/// What one pass over a head's names found. Removals and lookups follow
+/// only for what is there: most messages carry nothing to remove, or just
+/// `Connection: keep-alive`, and a hashed lookup costs more than a look at
+/// each name.
+#[derive(Default)]
+struct Seen {
+    connection: bool,
+    /// [`HOP_BY_HOP`]'s, same order.
+    hop: [bool; HOP_BY_HOP.len()],
+    proxy: bool,
+    expect: bool,
+    gateway: bool,
+    forwarded_for: bool,
+    host: bool,
+}
+
+impl Seen {
+    fn scan(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        for name in headers.keys() {
+            if name == CONNECTION {
+                seen.connection = true;
+            } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+                seen.hop[i] = true;
+            } else if name == HOST {
+                seen.host = true;
+            } else if name == EXPECT {
+                seen.expect = true;
+            } else if name == X_FORWARDED_FOR {
+                seen.forwarded_for = true;
+            } else {
+                let name = name.as_str();
+                seen.proxy |= name.starts_with("proxy-");
+                seen.gateway |= name.starts_with(GATEWAY_PREFIX);
+            }
         }
+        seen
     }
+}
+
+/// [`strip_hop_by_hop`] after the scan. What it may remove (tokens in
+/// `Connection`) never includes `Host`, `X-Forwarded-For` or `X-Gateway-*`
+/// ([`protected_name`]), so those flags stay true after it.
+fn strip(headers: &mut HeaderMap, upgrade: bool, seen: &Seen) {
+    let (connection, present, proxy) = (seen.connection, seen.hop, seen.proxy);
     if connection {
-        let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
-        headers.remove(CONNECTION);
-        for token in values
+        // Taken out in one lookup; only a second `Connection` line (rare)
+        // costs an allocation.
+        let (first, more): (Option<HeaderValue>, Vec<HeaderValue>) = match headers.entry(CONNECTION)
+        {
+            Entry::Occupied(e) => {
+                let mut values = e.remove_entry_mult().1;
+                (values.next(), values.collect())
+            }
+            Entry::Vacant(_) => (None, Vec::new()),
+        };
+        for token in first
             .iter()
+            .chain(&more)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
             .map(str::trim)
         {
-            let keep = protected_name(token) || (upgrade && token.eq_ignore_ascii_case("upgrade"));
-            // A token that is not a header name matches nothing.
-            if !keep && !token.is_empty() {
-                headers.remove(token);
+            // The standard hop-by-hop names (`keep-alive`, the usual token)
+            // go below anyway, by their flags, without parsing the token
+            // into a name.
+            if token.is_empty()
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+                || protected_name(token)
+                || (upgrade && token.eq_ignore_ascii_case("upgrade"))
+            {
+                continue;
             }
+            // A token that is not a header name matches nothing.
+            headers.remove(token);
         }
     }
     for (name, present) in HOP_BY_HOP.iter().zip(present) {
@@ -129,14 +184,19 @@ pub struct Forwarding<'a> {
 /// Turn the client's request head into the upstream's.
 pub fn rewrite_request(parts: &mut Parts, f: &Forwarding<'_>) -> Result<(), GatewayError> {
     let h = &mut parts.headers;
-    strip_hop_by_hop(h, f.websocket);
+    let seen = Seen::scan(h);
+    strip(h, f.websocket, &seen);
     // The gateway answers `Expect: 100-continue` itself.
-    h.remove(EXPECT);
+    if seen.expect {
+        h.remove(EXPECT);
+    }
     // Client-sent X-Gateway-* never reach Twenty: only the gateway speaks for
     // tenants and keys.
-    remove_prefixed(h, GATEWAY_PREFIX);
+    if seen.gateway {
+        remove_prefixed(h, GATEWAY_PREFIX);
+    }
 
-    let xff = match (h.contains_key(&X_FORWARDED_FOR), f.client_ip_header) {
+    let xff = match (seen.forwarded_for, f.client_ip_header) {
         (false, Some(ip)) => ip.clone(),
         _ => {
             let mut xff = String::new();
@@ -166,7 +226,7 @@ pub fn rewrite_request(parts: &mut Parts, f: &Forwarding<'_>) -> Result<(), Gate
         h.insert(AUTHORIZATION, auth.clone());
     }
     // HTTP/2 carries the host in :authority; Twenty (HTTP/1.1) needs Host.
-    if !h.contains_key(HOST) {
+    if !seen.host {
         h.insert(HOST, f.host.clone());
     }
 
@@ -243,6 +303,72 @@ mod tests {
         let before = plain.clone();
         strip_hop_by_hop(&mut plain, false);
         assert_eq!(plain, before);
+    }
+
+    #[test]
+    fn rewrite_request_removes_and_adds_what_the_scan_found() {
+        let forwarded = |req: http::Request<()>| {
+            let (mut parts, ()) = req.into_parts();
+            let host = HeaderValue::from_static("acme.localhost");
+            let (rid, tenant) = (
+                HeaderValue::from_static("r1"),
+                HeaderValue::from_static("t"),
+            );
+            let f = Forwarding {
+                client_ip: "192.0.2.9".parse().unwrap(),
+                client_ip_header: None,
+                proto: "https",
+                host: &host,
+                request_id: &rid,
+                tenant: &tenant,
+                key_id: None,
+                authorization: None,
+                websocket: false,
+            };
+            rewrite_request(&mut parts, &f).unwrap();
+            parts
+        };
+        let parts = forwarded(
+            http::Request::post("https://acme.localhost/rest/x?q=1")
+                .header("expect", "100-continue")
+                .header("x-gateway-key-id", "forged")
+                .header("X-Gateway-Other", "forged")
+                .header("x-forwarded-for", "203.0.113.1")
+                .header("connection", "expect, x-drop, close")
+                .header("x-drop", "1")
+                .header("proxy-authorization", "x")
+                .header("accept", "*/*")
+                .body(())
+                .unwrap(),
+        );
+        let h = &parts.headers;
+        assert_eq!(
+            sorted_names(h),
+            [
+                "accept",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-gateway-tenant",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 192.0.2.9");
+        assert_eq!(h[HOST], "acme.localhost");
+        assert_eq!(h["x-gateway-tenant"], "t");
+        assert_eq!(parts.uri, "/rest/x?q=1");
+
+        // A Host of its own is kept; nothing to remove leaves the rest alone.
+        let parts = forwarded(
+            http::Request::get("/rest")
+                .header(HOST, "acme.localhost:8443")
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(parts.headers[HOST], "acme.localhost:8443");
+        assert_eq!(parts.headers["x-forwarded-for"], "192.0.2.9");
+        assert_eq!(parts.headers.len(), 6);
     }
 
     #[test]
