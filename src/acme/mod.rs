@@ -49,7 +49,7 @@ pub use manager::{Manager, ManagerError, Options, Phase, Shared, Status};
 pub use metrics::AcmeMetrics;
 pub use redis_store::RedisStore;
 pub use service::Acme;
-pub use settings::{FieldError, Settings, ValidSettings};
+pub use settings::{Settings, ValidSettings};
 pub use store::{ChallengeKey, FileStore, Store, StoreError, StoredCert};
 
 /// Whether `name` may be ordered over HTTP-01/TLS-ALPN-01 and used as a

@@ -3,7 +3,7 @@
 //! Validation reads `ca_roots` (so a bad PEM fails `check` and reload, not
 //! the first order) but never contacts the CA.
 
-use std::fmt;
+use crate::base::FieldError;
 use std::path::PathBuf;
 
 use rustls::pki_types::CertificateDer;
@@ -21,20 +21,6 @@ pub struct Settings {
     /// PEM file of roots to trust for `directory` instead of the built-in
     /// Web PKI roots (test CAs such as pebble).
     pub ca_roots: Option<PathBuf>,
-}
-
-/// One problem with one field; `field` is relative to the `acme` block
-/// (`directory`, `contact[1]`, …).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
 }
 
 /// Settings that passed validation, with `ca_roots` read.

@@ -4,6 +4,21 @@
 pub mod headers;
 pub mod request_id;
 
+/// One problem with one field of a config block that validates itself
+/// (`acme`, `cluster`): `field` is relative to the block (`directory`,
+/// `redis[1]`, `timeout`, …); the config layer prefixes the block's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
 /// The value of one hex digit, either case.
 pub fn hex_digit(b: u8) -> Option<u8> {
     match b {

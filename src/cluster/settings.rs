@@ -4,6 +4,7 @@
 //! the URLs, the duration and the names, and reports every problem with the
 //! field it belongs to.
 
+use crate::base::FieldError;
 use std::fmt;
 use std::time::Duration;
 
@@ -106,20 +107,6 @@ impl fmt::Display for Target {
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
-    }
-}
-
-/// One problem, `field` relative to the block (`redis`, `redis[1]`,
-/// `timeout`, ...): the config layer prefixes `cluster.`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
     }
 }
 
