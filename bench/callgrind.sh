@@ -117,12 +117,14 @@ P=(--h1); M=1; [[ $MODE == h2 ]] && { P=(); M=10; }
 load() { h2load "${P[@]}" --connect-to="127.0.0.1:$GW_PORT" -c8 -m"$1" -n "$2" "${H[@]}" "$URL"; }
 load 1 2000 >/dev/null
 callgrind_control -i on "$VG" >/dev/null 2>&1
-CMDS0="0 0"; [[ -n "${REDIS:-}" ]] && CMDS0="$(redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[=,:]' '/^cmdstat_/ && !/cmdstat_info/ {a+=$3; if ($1 !~ /^cmdstat_(time|get|set)$/) s+=$3} END{print s+0, a+0}')"
+# Redis's counts so far: commands sent, and executed counting those inside the limiter script
+# (TIME/GET/SET there cost no round trip of their own); INFO itself left out.
+redis_cmds() { redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[=,:]' '/^cmdstat_/ && !/cmdstat_info/ {a+=$3; if ($1 !~ /^cmdstat_(time|get|set)$/) s+=$3} END{print s+0, a+0}'; }
+CMDS0="0 0"; [[ -n "${REDIS:-}" ]] && CMDS0="$(redis_cmds)"
 load "$M" "$N" | grep -E "^requests:|^status codes:" >&2
 if [[ -n "${REDIS:-}" ]]; then
-  CMDS1="$(redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[=,:]' '/^cmdstat_/ && !/cmdstat_info/ {a+=$3; if ($1 !~ /^cmdstat_(time|get|set)$/) s+=$3} END{print s+0, a+0}')"
+  CMDS1="$(redis_cmds)"
   read -r S0 A0 <<<"$CMDS0"; read -r S1 A1 <<<"$CMDS1"
-  # TIME/GET/SET are what the limiter script calls inside Redis (no round trip of their own)
   echo "redis: $((S1 - S0)) commands sent for $N requests ($((A1 - A0)) executed, counting those inside the script)"
 fi
 callgrind_control -i off "$VG" >/dev/null 2>&1
