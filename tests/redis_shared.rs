@@ -159,6 +159,90 @@ async fn two_gateways_share_over_a_unix_socket() {
     two_gateways_share(Target::Single(server.url()), || server.calls("evalsha")).await;
 }
 
+/// Requests that arrive while a script call is in flight go to Redis
+/// together in the next call, and the script decides them in order: 40
+/// requests on two keys (burst 10 each) in at most two calls, 10 allowed per
+/// key with the countdown of one limiter.
+#[tokio::test]
+async fn concurrent_requests_share_script_calls() {
+    let server = RedisServer::tcp();
+    let gw = Gateway::start(Target::Single(server.url()), Duration::from_secs(10));
+    let q = quota(10, HOUR, 10);
+    // Connected, script loaded.
+    check(&gw.shared, &key_only("acme", "warm-up", q)).await;
+    let before = server.calls("evalsha");
+    // Redis holds every command for a second: the first call waits in it,
+    // every other request queues behind it.
+    server.cli(&["CLIENT", "PAUSE", "1000"]);
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let shared = gw.shared.clone();
+        let key = if i % 2 == 0 { "ci" } else { "ops" };
+        requests.spawn(async move {
+            let c = check(&shared, &key_only("acme", key, q)).await;
+            (key, c.key.expect("key checked"))
+        });
+    }
+    let answers = requests.join_all().await;
+    let calls = server.calls("evalsha") - before;
+    assert!(
+        (1..=2).contains(&calls),
+        "{calls} script calls for 40 requests"
+    );
+    assert_eq!(
+        gw.metric("gateway_redis_duration_seconds_count "),
+        1.0 + calls as f64
+    );
+    for key in ["ci", "ops"] {
+        let mut remaining: Vec<u32> = answers
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .filter_map(|(_, d)| match d {
+                Decision::Allowed { remaining, .. } => Some(*remaining),
+                Decision::Denied { .. } => None,
+            })
+            .collect();
+        remaining.sort_unstable();
+        assert_eq!(remaining, (0..10).collect::<Vec<_>>(), "{key}");
+    }
+}
+
+/// A Redis that holds every command (as a stuck or overloaded one does):
+/// each request is answered within `timeout` of its arrival, including
+/// the ones that queued behind a call already in flight.
+#[tokio::test]
+async fn a_stuck_redis_costs_each_request_at_most_the_timeout() {
+    let server = RedisServer::tcp();
+    let timeout = Duration::from_millis(200);
+    let gw = Gateway::start(Target::Single(server.url()), timeout);
+    let q = quota(10, HOUR, 10);
+    check(&gw.shared, &key_only("acme", "warm-up", q)).await;
+    server.cli(&["CLIENT", "PAUSE", "4000"]);
+    let mut requests = tokio::task::JoinSet::new();
+    for wave in 0..3u64 {
+        for i in 0..5 {
+            let shared = gw.shared.clone();
+            requests.spawn(async move {
+                // Waves 1 and 2 arrive while wave 0's call is in flight.
+                tokio::time::sleep(Duration::from_millis(70 * wave)).await;
+                let started = Instant::now();
+                let key = format!("k{i}");
+                let answer = shared.check_request(&key_only("acme", &key, q)).await;
+                (answer, started.elapsed())
+            });
+        }
+    }
+    for (answer, waited) in requests.join_all().await {
+        assert_eq!(answer, Answer::Unavailable);
+        assert!(
+            waited < timeout + Duration::from_millis(700),
+            "waited {waited:?} for a Redis that holds commands 4 s"
+        );
+    }
+    assert_eq!(gw.metric("gateway_ratelimit_fallback_total "), 15.0);
+    assert!(gw.metric("gateway_redis_errors_total{kind=\"timeout\"} ") >= 15.0);
+}
+
 #[tokio::test]
 async fn redis_cluster_shares_key_tenant_and_brake() {
     let cluster = RedisCluster::start();
@@ -210,6 +294,30 @@ async fn redis_cluster_shares_key_tenant_and_brake() {
     };
     let c = check(&a.shared, &limits).await;
     assert!(c.braked.is_some() && c.key.is_none(), "{c:?}");
+
+    // Concurrent requests of many tenants: one script call per slot, never
+    // keys of two slots in one (Redis would refuse it with CROSSSLOT).
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let shared = a.shared.clone();
+        requests.spawn(async move {
+            let tenant = format!("busy-{}", i % 8);
+            let limits = RequestLimits {
+                tenant: &tenant,
+                key: Some(("k", quota(100, HOUR, 100))),
+                tenant_quota: Some(quota(4, HOUR, 4)),
+                brake: Some((ip, brake)),
+            };
+            let c = check(&shared, &limits).await;
+            (tenant, c.tenant.expect("tenant checked").is_allowed())
+        });
+    }
+    let answers = requests.join_all().await;
+    for t in 0..8 {
+        let tenant = format!("busy-{t}");
+        let allowed = answers.iter().filter(|(n, ok)| *n == tenant && *ok).count();
+        assert_eq!(allowed, 4, "{tenant}");
+    }
     assert_keys_are_bounded(&cluster.keys_with_ttl());
 }
 

@@ -6,11 +6,18 @@
 //!   clock; key names (hash-tagged per tenant, quota in the name, never a
 //!   token).
 //! - [`metrics`]: `gateway_redis_*` and `gateway_ratelimit_fallback_total`.
-//! - [`Shared`] (here): one multiplexed connection, every call bounded by
-//!   `timeout`, refusals remembered locally until their `Retry-After`, and
-//!   the up/down state: after [`FAILURES_TO_DOWN`] failed calls in a row
-//!   Redis is not asked per request any more; a background task pings it
-//!   until it answers, then sharing resumes.
+//! - [`Shared`] (here): one multiplexed connection, every request's wait
+//!   bounded by `timeout`, refusals remembered locally until their
+//!   `Retry-After`, and the up/down state: after [`FAILURES_TO_DOWN`]
+//!   failed requests in a row Redis is not asked per request any more; a
+//!   background task pings it until it answers, then sharing resumes.
+//! - [`drive`] (here): requests do not call Redis themselves; they queue
+//!   their keys and one task sends everything queued as one script call
+//!   (one per Redis Cluster slot), the next call when the last one has
+//!   answered. One request alone goes out at once; under load the calls
+//!   carry many requests each, so Redis's per-call cost (the client's
+//!   command encoding and reply parsing here, the script start on Redis)
+//!   is paid per batch, not per request.
 //!
 //! Every method answers [`Answer::Shared`] (what Redis decided, or a local
 //! memory of it) or [`Answer::Unavailable`]; the caller applies
@@ -30,6 +37,7 @@ use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use tokio::sync::{mpsc, oneshot};
 
 pub use metrics::{ErrorKind, RedisMetrics};
 pub use settings::{RawSettings, Settings, Target, validate};
@@ -39,7 +47,7 @@ use crate::ratelimit::{
     SharedRequest, Unavailable,
 };
 
-use script::{Keys, Reply};
+use script::{Entry, Keys, Reply};
 
 /// Failed calls in a row that mark Redis down.
 pub const FAILURES_TO_DOWN: u32 = 3;
@@ -49,6 +57,9 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on each local memory of refusals.
 const MAX_REMEMBERED: usize = 100_000;
+/// Most requests in one script call (the script runs them one after the
+/// other; this bounds how long Redis is busy with one call).
+const MAX_BATCH: usize = 256;
 
 /// What a call produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +110,8 @@ struct Inner {
     keys: Keys,
     conn: ArcSwap<Conn>,
     script: redis::Script,
+    /// To [`drive`]: the requests waiting for a script call.
+    jobs: mpsc::UnboundedSender<Job>,
     up: AtomicBool,
     failures_in_a_row: AtomicU32,
     /// Key and anonymous limiters that refused: Redis key → allowed again at.
@@ -125,7 +138,9 @@ impl Shared {
     /// out by the first probe or calls.
     pub fn start(settings: Settings, metrics: Arc<RedisMetrics>) -> Result<Shared, StartError> {
         let conn = connect(&settings)?;
+        let (jobs, queue) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
+            jobs,
             keys: Keys {
                 prefix: settings.prefix.clone(),
                 cluster: settings.redis.is_cluster(),
@@ -141,6 +156,7 @@ impl Shared {
         });
         inner.metrics.up.set(1);
         tokio::spawn(probe(Arc::downgrade(&inner)));
+        tokio::spawn(drive(queue, Arc::downgrade(&inner)));
         Ok(Shared { inner })
     }
 
@@ -167,19 +183,29 @@ impl Shared {
     /// Brake, key limiter, tenant limiter, in one script call (none if a
     /// local memory of an earlier refusal answers).
     pub async fn check_request(&self, req: &RequestLimits<'_>) -> Answer<Checked> {
+        let keys = &self.inner.keys;
+        self.check_named(
+            req.brake.map(|(ip, q)| keys.block(req.tenant, ip, &q)),
+            req.key.map(|(id, q)| (keys.key(req.tenant, id, &q), q)),
+            req.tenant_quota.map(|q| (keys.tenant(req.tenant, &q), q)),
+        )
+        .await
+    }
+
+    /// [`Shared::check_request`] with the key names built.
+    async fn check_named(
+        &self,
+        block_key: Option<String>,
+        key: Option<(String, Rate)>,
+        tenant: Option<(String, Rate)>,
+    ) -> Answer<Checked> {
         let inner = &*self.inner;
-        let block_key = req
-            .brake
-            .map(|(ip, q)| inner.keys.block(req.tenant, ip, &q));
         if let Some(left) = block_key.as_deref().and_then(|k| inner.blocked.left(k)) {
             return Answer::Shared(Checked {
                 braked: Some(left),
                 ..Checked::default()
             });
         }
-        let key = req
-            .key
-            .map(|(id, q)| (inner.keys.key(req.tenant, id, &q), q));
         if let Some((name, q)) = &key
             && let Some(wait) = inner.refused.left(name)
         {
@@ -188,52 +214,37 @@ impl Shared {
                 ..Checked::default()
             });
         }
-        let tenant = req
-            .tenant_quota
-            .map(|q| (inner.keys.tenant(req.tenant, &q), q));
         if block_key.is_none() && key.is_none() && tenant.is_none() {
             return Answer::Shared(Checked::default());
         }
 
-        let limiters: Vec<&(String, Rate)> = key.iter().chain(tenant.iter()).collect();
-        let quotas: Vec<Rate> = limiters.iter().map(|(_, q)| *q).collect();
-        let mut inv = inner.script.prepare_invoke();
-        if let Some(b) = &block_key {
-            inv.key(b);
-        }
-        for (name, _) in &limiters {
-            inv.key(name);
-        }
-        for a in script::args("check", block_key.is_some(), &quotas) {
-            inv.arg(a);
-        }
-        let Some(reply) = self.call(&inv, &quotas).await else {
+        let Answer::Shared((entry, reply)) =
+            self.call(Entry::check(block_key, [key, tenant])).await
+        else {
             return Answer::Unavailable;
         };
-        if let Some(left) = reply.blocked {
-            if let Some(b) = block_key {
-                inner.blocked.remember(b, left);
-            }
-            return Answer::Shared(Checked {
-                braked: Some(left),
-                at: Some(reply.now),
-                ..Checked::default()
-            });
-        }
-        let mut decisions = reply.decisions.into_iter();
         let mut checked = Checked {
             at: Some(reply.now),
             ..Checked::default()
         };
-        if let Some((name, _)) = &key {
-            let d = decisions.next();
+        if let Some(left) = reply.blocked {
+            if let Some(b) = entry.block {
+                inner.blocked.remember(b, left);
+            }
+            checked.braked = Some(left);
+            return Answer::Shared(checked);
+        }
+        let [key, tenant] = entry.limiters;
+        let mut decisions = reply.decisions.into_iter();
+        if let Some((name, _)) = key {
+            let d = decisions.next().flatten();
             if let Some(Decision::Denied { retry_after, .. }) = d {
-                inner.refused.remember(name.clone(), retry_after);
+                inner.refused.remember(name, retry_after);
             }
             checked.key = d;
         }
         if tenant.is_some() {
-            checked.tenant = decisions.next();
+            checked.tenant = decisions.next().flatten();
         }
         Answer::Shared(checked)
     }
@@ -252,20 +263,15 @@ impl Shared {
             return Answer::Shared(Some(left));
         }
         let failures = inner.keys.failures(tenant, ip, &quota);
-        let mut inv = inner.script.prepare_invoke();
-        inv.key(&block).key(&failures);
-        for a in script::args("fail", true, &[quota]) {
-            inv.arg(a);
+        let Answer::Shared((entry, reply)) =
+            self.call(Entry::failure(block, failures, quota)).await
+        else {
+            return Answer::Unavailable;
+        };
+        if let (Some(left), Some(block)) = (reply.blocked, entry.block) {
+            inner.blocked.remember(block, left);
         }
-        match self.call(&inv, &[]).await {
-            None => Answer::Unavailable,
-            Some(reply) => {
-                if let Some(left) = reply.blocked {
-                    inner.blocked.remember(block, left);
-                }
-                Answer::Shared(reply.blocked)
-            }
-        }
+        Answer::Shared(reply.blocked)
     }
 
     /// Whether `ip` is braked, from what this gateway has learnt from Redis
@@ -287,64 +293,202 @@ impl Shared {
         if let Some(wait) = inner.refused.left(&name) {
             return Answer::Shared(Decision::denied(quota, wait));
         }
-        let mut inv = inner.script.prepare_invoke();
-        inv.key(&name);
-        for a in script::args("check", false, &[quota]) {
-            inv.arg(a);
-        }
-        match self
-            .call(&inv, &[quota])
+        let Answer::Shared((entry, reply)) = self
+            .call(Entry::check(None, [Some((name, quota)), None]))
             .await
-            .map(|r| r.decisions.first().copied())
-        {
-            Some(Some(d)) => {
-                if let Decision::Denied { retry_after, .. } = d {
-                    inner.refused.remember(name, retry_after);
-                }
-                Answer::Shared(d)
-            }
-            _ => Answer::Unavailable,
+        else {
+            return Answer::Unavailable;
+        };
+        let ([Some((name, _)), _], [Some(d), _]) = (entry.limiters, reply.decisions) else {
+            return Answer::Unavailable;
+        };
+        if let Decision::Denied { retry_after, .. } = d {
+            inner.refused.remember(name, retry_after);
         }
+        Answer::Shared(d)
     }
 
-    /// One script call, bounded by `timeout`; `None` (counted as a fallback)
-    /// when Redis is down or the call failed.
-    async fn call(&self, inv: &redis::ScriptInvocation<'_>, limiters: &[Rate]) -> Option<Reply> {
+    /// Queues `entry` for [`drive`]'s next script call and waits for its
+    /// answer, which comes within `timeout` (the call's timer is set for
+    /// the earliest deadline of the requests it carries: one timer per
+    /// call, not per request); [`Answer::Unavailable`] (counted as a
+    /// fallback, and as a failure towards "down") when Redis is down or did
+    /// not answer in time. The entry comes back with the answer (its key
+    /// names are needed to remember refusals).
+    async fn call(&self, entry: Entry) -> Answer<(Entry, Reply)> {
         let inner = &*self.inner;
         if !inner.up.load(Ordering::Acquire) {
             inner.metrics.fallback.inc();
-            return None;
+            return Answer::Unavailable;
         }
-        let conn = Conn::clone(&inner.conn.load());
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            entry,
+            deadline: tokio::time::Instant::now() + inner.settings.timeout,
+            done,
+        };
+        let failure = if inner.jobs.send(job).is_err() {
+            Failure::timeout(inner.settings.timeout)
+        } else {
+            match answer.await {
+                Ok(Ok(answered)) => return Answer::Shared(answered),
+                Ok(Err(failure)) => failure,
+                // Dropped unanswered: the driver has gone (shutdown).
+                Err(_) => Failure::timeout(inner.settings.timeout),
+            }
+        };
+        inner.failed(failure.kind, &failure.reason);
+        inner.metrics.fallback.inc();
+        Answer::Unavailable
+    }
+}
+
+/// One request waiting for [`drive`]'s script call.
+struct Job {
+    entry: Entry,
+    /// Answered by then, whatever Redis does.
+    deadline: tokio::time::Instant,
+    done: oneshot::Sender<Result<(Entry, Reply), Failure>>,
+}
+
+/// Why a script call failed, for each request it carried.
+#[derive(Clone)]
+struct Failure {
+    kind: ErrorKind,
+    reason: Arc<str>,
+}
+
+impl Failure {
+    fn timeout(timeout: Duration) -> Failure {
+        Failure {
+            kind: ErrorKind::Timeout,
+            reason: format!("no answer within {} ms", timeout.as_millis()).into(),
+        }
+    }
+}
+
+/// The one task that talks to Redis for the limiters: takes every request
+/// queued (at most [`MAX_BATCH`]), sends them as one script call per
+/// Redis Cluster slot, hands each its answer, and only then looks at the
+/// queue again. A request alone is sent at once; requests that arrive while
+/// a call is in flight go together in the next. Ends when the [`Shared`]
+/// is dropped.
+async fn drive(mut queue: mpsc::UnboundedReceiver<Job>, inner: Weak<Inner>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let Some(inner) = inner.upgrade() else { return };
+        // Requests that have gone (the client left) are not sent; those
+        // whose time ran out while the previous call was in flight are
+        // answered now.
+        let now = tokio::time::Instant::now();
+        if jobs.iter().any(|j| j.deadline <= now) {
+            for job in std::mem::take(&mut jobs) {
+                if job.deadline > now {
+                    jobs.push(job);
+                } else {
+                    let timeout = Failure::timeout(inner.settings.timeout);
+                    let _ = job.done.send(Err(timeout));
+                }
+            }
+        }
+        jobs.retain(|j| !j.done.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        if !inner.keys.cluster {
+            inner.round(&mut jobs).await;
+            continue;
+        }
+        // Redis Cluster: a script's keys must share a slot.
+        jobs.sort_by(|a, b| a.entry.slot_part().cmp(b.entry.slot_part()));
+        let mut calls = tokio::task::JoinSet::new();
+        while !jobs.is_empty() {
+            let part = jobs[0].entry.slot_part();
+            let n = jobs
+                .iter()
+                .take_while(|j| j.entry.slot_part() == part)
+                .count();
+            let mut group: Vec<Job> = jobs.drain(..n).collect();
+            let inner = Arc::clone(&inner);
+            calls.spawn(async move { inner.round(&mut group).await });
+        }
+        calls.join_all().await;
+    }
+}
+
+impl Inner {
+    /// One script call for `jobs` (keys in one slot), bounded by the
+    /// earliest of their deadlines (each request waits at most `timeout`
+    /// from its arrival, the time it queued behind the previous call
+    /// included).
+    async fn round(&self, jobs: &mut Vec<Job>) {
+        let Some(deadline) = jobs.iter().map(|j| j.deadline).min() else {
+            return;
+        };
+        // ~120 bytes of names and numbers per request.
+        let mut cmd = redis::Cmd::with_capacity(2 + 16 * jobs.len(), 64 + 160 * jobs.len());
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(jobs.iter().map(|j| j.entry.keys().count()).sum::<usize>());
+        for j in jobs.iter() {
+            for k in j.entry.keys() {
+                cmd.arg(k);
+            }
+        }
+        for j in jobs.iter() {
+            j.entry.write_args(&mut cmd);
+        }
+        let conn = Conn::clone(&self.conn.load());
         let started = Instant::now();
-        let result = tokio::time::timeout(inner.settings.timeout, async {
+        let result = tokio::time::timeout_at(deadline, async {
             match conn {
-                Conn::Single(mut c) => inv.invoke_async::<Vec<i64>>(&mut c).await,
-                Conn::Cluster(mut c) => inv.invoke_async::<Vec<i64>>(&mut c).await,
+                Conn::Single(mut c) => eval(&cmd, &self.script, &mut c).await,
+                Conn::Cluster(mut c) => eval(&cmd, &self.script, &mut c).await,
             }
         })
         .await;
-        inner
-            .metrics
+        self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
         let failure = match result {
-            Ok(Ok(v)) => match script::decode(&v, limiters) {
-                Some(reply) => {
-                    inner.failures_in_a_row.store(0, Ordering::Relaxed);
-                    return Some(reply);
+            Ok(Ok(v)) => match script::decode(&v, jobs.iter().map(|j| &j.entry)) {
+                Some(replies) => {
+                    self.failures_in_a_row.store(0, Ordering::Relaxed);
+                    for (job, reply) in jobs.drain(..).zip(replies) {
+                        let _ = job.done.send(Ok((job.entry, reply)));
+                    }
+                    return;
                 }
-                None => (ErrorKind::Response, "unexpected script reply".to_string()),
+                None => Failure {
+                    kind: ErrorKind::Response,
+                    reason: "unexpected script reply".into(),
+                },
             },
-            Ok(Err(e)) => (classify(&e), e.to_string()),
-            Err(_) => (
-                ErrorKind::Timeout,
-                format!("no answer within {} ms", inner.settings.timeout.as_millis()),
-            ),
+            Ok(Err(e)) => Failure {
+                kind: classify(&e),
+                reason: e.to_string().into(),
+            },
+            Err(_) => Failure::timeout(self.settings.timeout),
         };
-        inner.failed(failure.0, &failure.1);
-        inner.metrics.fallback.inc();
-        None
+        for job in jobs.drain(..) {
+            let _ = job.done.send(Err(failure.clone()));
+        }
+    }
+}
+
+/// EVALSHA, loading the script first if Redis does not have it (after a
+/// restart, a failover, a `SCRIPT FLUSH`).
+async fn eval(
+    cmd: &redis::Cmd,
+    script: &redis::Script,
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> redis::RedisResult<Vec<u8>> {
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        result => result,
     }
 }
 
@@ -405,16 +549,24 @@ impl SharedLimits for Shared {
 
     fn check<'a>(&'a self, req: SharedRequest<'a>) -> SharedFuture<'a, SharedChecked> {
         Box::pin(async move {
-            let key_id = |l: &'a LimitEntry| match &l.owner {
-                Owner::Key(id) | Owner::Tenant(id) => (&**id, l.rate),
+            let keys = &self.inner.keys;
+            // Names cached in the config's limit entries.
+            let named = |l: &LimitEntry, build: &dyn Fn() -> String| {
+                let suffix = l.shared_name.get_or_init(|| build().into_boxed_str());
+                (keys.with_prefix(suffix), l.rate)
             };
-            let limits = RequestLimits {
-                tenant: req.tenant,
-                key: req.key.map(key_id),
-                tenant_quota: req.tenant_limit.map(|l| l.rate),
-                brake: req.brake,
-            };
-            match self.check_request(&limits).await {
+            let key = req.key.map(|l| {
+                named(l, &|| match &l.owner {
+                    Owner::Key(id) | Owner::Tenant(id) => {
+                        script::key_suffix(req.tenant, id, &l.rate)
+                    }
+                })
+            });
+            let tenant = req
+                .tenant_limit
+                .map(|l| named(l, &|| script::tenant_suffix(req.tenant, &l.rate)));
+            let block = req.brake.map(|(ip, q)| keys.block(req.tenant, ip, &q));
+            match self.check_named(block, key, tenant).await {
                 Answer::Shared(Checked {
                     braked: Some(left), ..
                 }) => Ok(SharedChecked::Braked(left)),
@@ -532,11 +684,15 @@ async fn probe(inner: Weak<Inner>) {
 
 fn connect(settings: &Settings) -> Result<Conn, StartError> {
     let err = |e: redis::RedisError| StartError(e.to_string());
+    // redis-rs gives up on a reply after 500 ms by default: never before
+    // our own timers (`timeout` for limiter calls, the probe's).
+    let response_timeout = settings.timeout.max(PROBE_TIMEOUT);
     match &settings.redis {
         Target::Single(url) => {
             let client = redis::Client::open(url.as_str()).map_err(err)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(PROBE_TIMEOUT))
+                .set_response_timeout(Some(response_timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(PROBE_INTERVAL);
             ConnectionManager::new_lazy_with_config(client, config)
@@ -546,7 +702,7 @@ fn connect(settings: &Settings) -> Result<Conn, StartError> {
         Target::Cluster(nodes) => {
             let client = ClusterClient::builder(nodes.iter().map(String::as_str))
                 .connection_timeout(PROBE_TIMEOUT)
-                .response_timeout(PROBE_TIMEOUT)
+                .response_timeout(response_timeout)
                 .retries(1)
                 .build()
                 .map_err(err)?;
@@ -554,7 +710,7 @@ fn connect(settings: &Settings) -> Result<Conn, StartError> {
                 client.get_pending_async_connection_with_config(
                     redis::cluster::ClusterConfig::new()
                         .set_connection_timeout(PROBE_TIMEOUT)
-                        .set_response_timeout(PROBE_TIMEOUT),
+                        .set_response_timeout(response_timeout),
                 ),
             ))
         }

@@ -21,13 +21,20 @@ use std::time::Duration;
 use crate::ratelimit::per_ip::bucket as ip_bucket;
 use crate::ratelimit::{Decision, Rate};
 
-/// KEYS: `[block]`, then one key per GCRA limiter.
-/// ARGV: op (`check` | `fail`), has_block (`0` | `1`), then `t`, `tau` per
-/// limiter (for `fail`: the failure counter's).
+/// One call decides a batch of requests (every request that arrived while
+/// the previous call was in flight, see `cluster::drive`), in order, at one
+/// `TIME`: two requests of one key in one batch see each other's update.
 ///
-/// Reply: `{now_s, now_ns, blocked, block_left_ns}`, then for `check` one
-/// `allowed, backlog_or_wait` pair per limiter checked, stopping at the
-/// first refusal.
+/// KEYS: per entry `[block]`, then one key per GCRA limiter.
+/// ARGV: per entry: op (`c` check | `f` failure), has_block (`0` | `1`),
+/// the number of limiters `n`, then `t`, `tau` per limiter (for `f`: the
+/// failure counter's).
+///
+/// Reply: one string of decimal integers separated by spaces (one bulk
+/// reply parses much cheaper in the client than an array of integers):
+/// `now_s now_ns`, then per entry `len blocked block_left_ns` and, for `c`,
+/// one `allowed backlog_or_wait` pair per limiter checked, stopping at the
+/// first refusal; `len` counts the values after itself.
 pub(super) const LUA: &str = r#"
 local clock = redis.call('TIME')
 local now_s = tonumber(clock[1])
@@ -60,34 +67,43 @@ local function gcra(key, t, tau)
   return 1, backlog
 end
 
-local out = {now_s, now_ns, 0, 0}
-local first = 1
-if ARGV[2] == '1' then
-  local v = redis.call('GET', KEYS[1])
-  local left = v and ahead(v)
-  if left and left > 0 then
-    out[3] = 1; out[4] = left
-    return out
+local out = {now_s, now_ns}
+local k, a = 1, 1
+while a <= #ARGV do
+  local op, n = ARGV[a], tonumber(ARGV[a + 2])
+  local block
+  if ARGV[a + 1] == '1' then block = KEYS[k]; k = k + 1 end
+  local first_key, first_arg = k, a + 3
+  k = k + n
+  a = a + 3 + 2 * n
+  local at = #out + 1
+  out[at] = 2; out[at + 1] = 0; out[at + 2] = 0
+  local left = 0
+  if block then
+    local v = redis.call('GET', block)
+    left = v and ahead(v) or 0
   end
-  first = 2
-end
-if ARGV[1] == 'fail' then
-  local ok, wait = gcra(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
-  if ok == 0 then
-    store(KEYS[1], wait)
-    out[3] = 1; out[4] = wait
+  if left > 0 then
+    out[at + 1] = 1; out[at + 2] = left
+  elseif op == 'f' then
+    local ok, wait = gcra(KEYS[first_key], tonumber(ARGV[first_arg]), tonumber(ARGV[first_arg + 1]))
+    if ok == 0 then
+      store(block, wait)
+      out[at + 1] = 1; out[at + 2] = wait
+    end
+  else
+    for i = 0, n - 1 do
+      local j = first_arg + 2 * i
+      local ok, x = gcra(KEYS[first_key + i], tonumber(ARGV[j]), tonumber(ARGV[j + 1]))
+      out[#out + 1] = ok
+      out[#out + 1] = x
+      out[at] = out[at] + 2
+      if ok == 0 then break end
+    end
   end
-  return out
 end
-local a = 3
-for i = first, #KEYS do
-  local ok, x = gcra(KEYS[i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]))
-  a = a + 2
-  out[#out + 1] = ok
-  out[#out + 1] = x
-  if ok == 0 then break end
-end
-return out
+for i = 1, #out do out[i] = string.format('%d', out[i]) end
+return table.concat(out, ' ')
 "#;
 
 /// governor's `t`: one cell's interval, at least 1 ns.
@@ -105,13 +121,36 @@ fn tau_ns(rate: &Rate) -> u64 {
 /// Part of every key name: a changed quota starts fresh, an unchanged one
 /// continues across reloads and restarts.
 fn fingerprint(rate: &Rate, out: &mut String) {
-    let _ = write!(
-        out,
-        "q{}p{}b{}",
-        rate.requests,
-        rate.per.as_nanos(),
-        rate.burst
-    );
+    let mut n = itoa::Buffer::new();
+    out.push('q');
+    out.push_str(n.format(rate.requests.get()));
+    out.push('p');
+    // u64 (585 years in ns) formats much faster than u128.
+    match u64::try_from(rate.per.as_nanos()) {
+        Ok(per) => out.push_str(n.format(per)),
+        Err(_) => out.push_str(n.format(rate.per.as_nanos())),
+    }
+    out.push('b');
+    out.push_str(n.format(rate.burst.get()));
+}
+
+/// The client's address (its /64 for IPv6) as `Display` writes it; IPv4
+/// by hand (formatting an address was a tenth of a request's key names).
+fn push_ip(ip: IpAddr, out: &mut String) {
+    match ip_bucket(ip) {
+        IpAddr::V4(v4) => {
+            let mut n = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(n.format(octet));
+            }
+        }
+        v6 => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// The decision for an allowed request that found `backlog` ns queued:
@@ -137,26 +176,24 @@ impl Keys {
     fn tenant_tag(&self, tenant: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + tenant.len() + 48);
         k.push_str(&self.prefix);
-        k.push_str("{t:");
-        escape(tenant, &mut k);
-        k.push('}');
+        push_tenant_tag(tenant, &mut k);
+        k
+    }
+
+    /// `prefix` + a name from [`key_suffix`] or [`tenant_suffix`].
+    pub fn with_prefix(&self, suffix: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + suffix.len());
+        k.push_str(&self.prefix);
+        k.push_str(suffix);
         k
     }
 
     pub fn key(&self, tenant: &str, key_id: &str, q: &Rate) -> String {
-        let mut k = self.tenant_tag(tenant);
-        k.push_str(":k:");
-        escape(key_id, &mut k);
-        k.push(':');
-        fingerprint(q, &mut k);
-        k
+        self.with_prefix(&key_suffix(tenant, key_id, q))
     }
 
     pub fn tenant(&self, tenant: &str, q: &Rate) -> String {
-        let mut k = self.tenant_tag(tenant);
-        k.push_str(":t:");
-        fingerprint(q, &mut k);
-        k
+        self.with_prefix(&tenant_suffix(tenant, q))
     }
 
     fn brake_base(&self, tenant: &str, ip: IpAddr, kind: &str) -> String {
@@ -167,7 +204,10 @@ impl Keys {
         } else {
             self.prefix.clone()
         };
-        let _ = write!(k, "{kind}:{}:", ip_bucket(ip));
+        k.push_str(kind);
+        k.push(':');
+        push_ip(ip, &mut k);
+        k.push(':');
         k
     }
 
@@ -188,10 +228,39 @@ impl Keys {
     /// `limits.anonymous_per_ip`: one GCRA per client address.
     pub fn anonymous(&self, ip: IpAddr, q: &Rate) -> String {
         let mut k = self.prefix.clone();
-        let _ = write!(k, "a:{}:", ip_bucket(ip));
+        k.push_str("a:");
+        push_ip(ip, &mut k);
+        k.push(':');
         fingerprint(q, &mut k);
         k
     }
+}
+
+fn push_tenant_tag(tenant: &str, out: &mut String) {
+    out.push_str("{t:");
+    escape(tenant, out);
+    out.push('}');
+}
+
+/// A key's limiter, without the prefix (the same for every `cluster`
+/// setting: cached in its `LimitEntry`).
+pub(super) fn key_suffix(tenant: &str, key_id: &str, q: &Rate) -> String {
+    let mut k = String::with_capacity(tenant.len() + key_id.len() + 48);
+    push_tenant_tag(tenant, &mut k);
+    k.push_str(":k:");
+    escape(key_id, &mut k);
+    k.push(':');
+    fingerprint(q, &mut k);
+    k
+}
+
+/// A tenant's limiter, without the prefix.
+pub(super) fn tenant_suffix(tenant: &str, q: &Rate) -> String {
+    let mut k = String::with_capacity(tenant.len() + 40);
+    push_tenant_tag(tenant, &mut k);
+    k.push_str(":t:");
+    fingerprint(q, &mut k);
+    k
 }
 
 fn escape(s: &str, out: &mut String) {
@@ -204,7 +273,75 @@ fn escape(s: &str, out: &mut String) {
     }
 }
 
-/// The script's reply, decoded.
+/// One request's part of a script call: the brake's "blocked until" key
+/// and up to two GCRA limiters (the key's and the tenant's for a check; the
+/// failure counter for a failure).
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub fail: bool,
+    pub block: Option<String>,
+    pub limiters: [Option<(String, Rate)>; 2],
+}
+
+impl Entry {
+    pub fn check(block: Option<String>, limiters: [Option<(String, Rate)>; 2]) -> Entry {
+        Entry {
+            fail: false,
+            block,
+            limiters,
+        }
+    }
+
+    pub fn failure(block: String, failures: String, quota: Rate) -> Entry {
+        Entry {
+            fail: true,
+            block: Some(block),
+            limiters: [Some((failures, quota)), None],
+        }
+    }
+
+    fn rates(&self) -> impl Iterator<Item = Rate> + '_ {
+        self.limiters.iter().flatten().map(|(_, q)| *q)
+    }
+
+    /// Its KEYS, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.block
+            .as_deref()
+            .into_iter()
+            .chain(self.limiters.iter().flatten().map(|(k, _)| k.as_str()))
+    }
+
+    /// Its ARGV, in order.
+    pub fn write_args(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(if self.fail { "f" } else { "c" })
+            .arg(if self.block.is_some() { "1" } else { "0" })
+            .arg(self.limiters.iter().flatten().count());
+        for q in self.rates() {
+            cmd.arg(t_ns(&q)).arg(tau_ns(&q));
+        }
+    }
+
+    /// The part of its key names Redis Cluster hashes (all of them share
+    /// it): entries with the same one may go in one call.
+    pub fn slot_part(&self) -> &str {
+        self.keys().next().map(hash_part).unwrap_or_default()
+    }
+}
+
+/// Redis Cluster's rule: the text between the first `{` and the next `}`
+/// if not empty, else the whole name.
+fn hash_part(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+/// The script's reply for one entry, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Reply {
     /// Redis `TIME` the script ran at.
@@ -212,47 +349,48 @@ pub(super) struct Reply {
     /// Time left on the client's block, if braked.
     pub blocked: Option<Duration>,
     /// One per limiter checked, in order.
-    pub decisions: Vec<Decision>,
+    pub decisions: [Option<Decision>; 2],
 }
 
-pub(super) fn args(op: &str, has_block: bool, limiters: &[Rate]) -> Vec<String> {
-    let mut a = Vec::with_capacity(2 + 2 * limiters.len());
-    a.push(op.to_string());
-    a.push(if has_block { "1" } else { "0" }.to_string());
-    for q in limiters {
-        a.push(t_ns(q).to_string());
-        a.push(tau_ns(q).to_string());
-    }
-    a
-}
-
-/// `None`: not the shape the script returns.
-pub(super) fn decode(v: &[i64], limiters: &[Rate]) -> Option<Reply> {
-    let nonneg = |x: i64| u64::try_from(x).ok();
-    let (&[s, ns, blocked, left], rest) = v.split_first_chunk::<4>()?;
-    let now = Duration::from_secs(nonneg(s)?) + Duration::from_nanos(nonneg(ns)?);
-    let blocked = match blocked {
-        0 => None,
-        1 => Some(Duration::from_nanos(nonneg(left)?)),
-        _ => return None,
-    };
-    if rest.len() % 2 != 0 || rest.len() / 2 > limiters.len() {
-        return None;
-    }
-    let mut decisions = Vec::with_capacity(rest.len() / 2);
-    for (pair, q) in rest.chunks_exact(2).zip(limiters) {
-        let x = nonneg(pair[1])?;
-        decisions.push(match pair[0] {
-            1 => allowed(*q, x),
-            0 => Decision::denied(*q, Duration::from_nanos(x)),
+/// One reply per entry, in order, from the script's reply string; `None`:
+/// not the shape the script returns.
+pub(super) fn decode<'a>(
+    reply: &[u8],
+    entries: impl ExactSizeIterator<Item = &'a Entry>,
+) -> Option<Vec<Reply>> {
+    let mut numbers = reply.split(|&b| b == b' ').map(|n| {
+        std::str::from_utf8(n)
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    let mut next = || numbers.next().flatten();
+    let now = Duration::from_secs(next()?) + Duration::from_nanos(next()?);
+    let mut replies = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let pairs = usize::try_from(next()?).ok()?.checked_sub(2)?;
+        if pairs % 2 != 0 || pairs / 2 > entry.limiters.iter().flatten().count() {
+            return None;
+        }
+        let blocked = match (next()?, next()?) {
+            (0, _) => None,
+            (1, left) => Some(Duration::from_nanos(left)),
             _ => return None,
+        };
+        let mut decisions = [None, None];
+        for (q, slot) in entry.rates().take(pairs / 2).zip(&mut decisions) {
+            *slot = Some(match (next()?, next()?) {
+                (1, backlog) => allowed(q, backlog),
+                (0, wait) => Decision::denied(q, Duration::from_nanos(wait)),
+                _ => return None,
+            });
+        }
+        replies.push(Reply {
+            now,
+            blocked,
+            decisions,
         });
     }
-    Some(Reply {
-        now,
-        blocked,
-        decisions,
-    })
+    numbers.next().is_none().then_some(replies)
 }
 
 #[cfg(test)]
@@ -294,6 +432,21 @@ mod tests {
     }
 
     #[test]
+    fn addresses_in_names_as_display_writes_them() {
+        for ip in ["0.0.0.0", "192.0.2.1", "255.255.255.255", "10.20.3.40"] {
+            let mut out = String::new();
+            push_ip(ip.parse().unwrap(), &mut out);
+            assert_eq!(out, ip);
+        }
+        let mut out = String::new();
+        push_ip("::ffff:198.51.100.9".parse().unwrap(), &mut out);
+        assert_eq!(out, "198.51.100.9");
+        let mut out = String::new();
+        push_ip("2001:db8:1:2:3:4:5:6".parse().unwrap(), &mut out);
+        assert_eq!(out, "2001:db8:1:2::");
+    }
+
+    #[test]
     fn spec_example_numbers() {
         // {requests: 600, per: 1m, burst: 50}: first response r=49, t=1.
         let quota = q(600, Duration::from_secs(60), 50);
@@ -317,11 +470,67 @@ mod tests {
     #[test]
     fn decode_rejects_other_shapes() {
         let quota = q(1, Duration::from_secs(1), 1);
-        assert!(decode(&[1, 2, 0], &[quota]).is_none());
-        assert!(decode(&[1, 2, 0, 0, 1], &[quota]).is_none());
-        assert!(decode(&[1, 2, 0, 0, 1, 0, 1, 0], &[quota]).is_none());
-        assert!(decode(&[1, 2, 5, 0], &[]).is_none());
-        let r = decode(&[1, 2, 1, 3_000_000_000], &[]).expect("blocked");
-        assert_eq!(r.blocked, Some(Duration::from_secs(3)));
+        let one = Entry::check(None, [Some(("k".into(), quota)), None]);
+        let none = Entry::check(Some("b".into()), [None, None]);
+        let dec = |v: &[i64], e: &[&Entry]| {
+            let text: Vec<String> = v.iter().map(i64::to_string).collect();
+            decode(text.join(" ").as_bytes(), e.iter().copied())
+        };
+        assert!(dec(&[1, 2, 2, 0], &[&one]).is_none());
+        assert!(dec(&[1, 2, 3, 0, 0, 1], &[&one]).is_none());
+        assert!(dec(&[1, 2, 6, 0, 0, 1, 0, 1, 0], &[&one]).is_none());
+        assert!(dec(&[1, 2, 2, 5, 0], &[&none]).is_none());
+        assert!(
+            dec(&[1, 2, 2, 0, 0, 9], &[&none]).is_none(),
+            "trailing value"
+        );
+        assert!(
+            dec(&[1, 2, 2, 0, 0], &[&none, &none]).is_none(),
+            "one short"
+        );
+        let r = dec(&[1, 2, 2, 1, 3_000_000_000], &[&none]).expect("blocked");
+        assert_eq!(r[0].blocked, Some(Duration::from_secs(3)));
+        let r = dec(&[1, 2, 2, 0, 0, 4, 0, 0, 1, 0], &[&none, &one]).expect("two entries");
+        assert_eq!(r[1].decisions[0], Some(allowed(quota, 0)));
+        assert_eq!(r[1].decisions[1], None);
+        let none = [&none];
+        for bad in [
+            "",
+            "1 2 2 0 0 ",
+            "1 2 2 0 -1",
+            "1 2 2 0 0.5",
+            "1 2  2 0 0",
+            "1 x 2 0 0",
+        ] {
+            assert!(
+                decode(bad.as_bytes(), none.iter().copied()).is_none(),
+                "{bad:?}"
+            );
+        }
+        assert!(decode(b"1 2 2 0 0", none.iter().copied()).is_some());
+    }
+
+    #[test]
+    fn entries_of_one_tenant_share_a_slot_part() {
+        let keys = Keys {
+            prefix: "gw:".into(),
+            cluster: true,
+        };
+        let quota = q(10, Duration::from_secs(60), 10);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let check = Entry::check(
+            Some(keys.block("acme", ip, &quota)),
+            [Some((keys.key("acme", "ci", &quota), quota)), None],
+        );
+        let fail = Entry::failure(
+            keys.block("acme", ip, &quota),
+            keys.failures("acme", ip, &quota),
+            quota,
+        );
+        assert_eq!(check.slot_part(), "t:acme");
+        assert_eq!(fail.slot_part(), "t:acme");
+        assert_eq!(hash_part("gw:a:{}x"), "gw:a:{}x");
+        assert_eq!(hash_part("gw:a:1"), "gw:a:1");
+        assert_eq!(check.keys().count(), 2);
     }
 }

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use brake::AuthBrake;
@@ -93,6 +93,10 @@ pub struct LimitEntry {
     pub owner: Owner,
     pub rate: Rate,
     pub local: Arc<Limiter>,
+    /// A shared backend's name for this limit (without its own prefix),
+    /// built on first use and kept for the life of this config generation:
+    /// names do not have to be formatted per request.
+    pub shared_name: OnceLock<Box<str>>,
 }
 
 /// The decisions for one request: the key's limiter, then the tenant's

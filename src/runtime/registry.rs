@@ -140,6 +140,7 @@ impl Registry {
             local: self.limiters.get_or_create(owner.clone(), rate),
             owner,
             rate,
+            shared_name: std::sync::OnceLock::new(),
         }
     }
 
