@@ -16,6 +16,7 @@
 
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::ratelimit::per_ip::bucket as ip_bucket;
@@ -170,14 +171,29 @@ pub(super) struct Keys {
     /// Redis Cluster: the brake is kept per tenant and client address (its
     /// keys must share the request's slot); otherwise per client address.
     pub cluster: bool,
+    /// The brake's quota as names hold it (the brake's key names are built
+    /// per request; its quota seldom changes).
+    brake_fingerprint: OnceLock<(Rate, Box<str>)>,
 }
 
 impl Keys {
-    fn tenant_tag(&self, tenant: &str) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + tenant.len() + 48);
-        k.push_str(&self.prefix);
-        push_tenant_tag(tenant, &mut k);
-        k
+    pub fn new(prefix: String, cluster: bool) -> Keys {
+        Keys {
+            prefix,
+            cluster,
+            brake_fingerprint: OnceLock::new(),
+        }
+    }
+
+    fn push_brake_fingerprint(&self, q: &Rate, out: &mut String) {
+        match self.brake_fingerprint.get() {
+            Some((rate, fp)) if rate == q => out.push_str(fp),
+            _ => {
+                let start = out.len();
+                fingerprint(q, out);
+                let _ = self.brake_fingerprint.set((*q, out[start..].into()));
+            }
+        }
     }
 
     /// `prefix` + a name from [`key_suffix`] or [`tenant_suffix`].
@@ -197,13 +213,12 @@ impl Keys {
     }
 
     fn brake_base(&self, tenant: &str, ip: IpAddr, kind: &str) -> String {
-        let mut k = if self.cluster {
-            let mut k = self.tenant_tag(tenant);
+        let mut k = String::with_capacity(self.prefix.len() + tenant.len() + 96);
+        k.push_str(&self.prefix);
+        if self.cluster {
+            push_tenant_tag(tenant, &mut k);
             k.push(':');
-            k
-        } else {
-            self.prefix.clone()
-        };
+        }
         k.push_str(kind);
         k.push(':');
         push_ip(ip, &mut k);
@@ -214,14 +229,14 @@ impl Keys {
     /// The brake's failure counter (a GCRA at `auth_failures_per_ip`).
     pub fn failures(&self, tenant: &str, ip: IpAddr, q: &Rate) -> String {
         let mut k = self.brake_base(tenant, ip, "f");
-        fingerprint(q, &mut k);
+        self.push_brake_fingerprint(q, &mut k);
         k
     }
 
     /// "Blocked until": set when the failure counter refuses.
     pub fn block(&self, tenant: &str, ip: IpAddr, q: &Rate) -> String {
         let mut k = self.brake_base(tenant, ip, "b");
-        fingerprint(q, &mut k);
+        self.push_brake_fingerprint(q, &mut k);
         k
     }
 
@@ -409,10 +424,7 @@ mod tests {
 
     #[test]
     fn key_names_share_a_slot_and_hold_no_secrets() {
-        let keys = Keys {
-            prefix: "gw:".into(),
-            cluster: true,
-        };
+        let keys = Keys::new("gw:".into(), true);
         let quota = q(10, Duration::from_secs(60), 10);
         let k = keys.key("acme}x", "ci:1", &quota);
         assert_eq!(k, "gw:{t:acme%7Dx}:k:ci%3A1:q10p60000000000b10");
@@ -421,10 +433,7 @@ mod tests {
             keys.block("acme}x", ip, &quota),
             "gw:{t:acme%7Dx}:b:2001:db8:::q10p60000000000b10"
         );
-        let single = Keys {
-            prefix: "gw:".into(),
-            cluster: false,
-        };
+        let single = Keys::new("gw:".into(), false);
         assert_eq!(
             single.failures("acme", "192.0.2.1".parse().unwrap(), &quota),
             "gw:f:192.0.2.1:q10p60000000000b10"
@@ -512,10 +521,7 @@ mod tests {
 
     #[test]
     fn entries_of_one_tenant_share_a_slot_part() {
-        let keys = Keys {
-            prefix: "gw:".into(),
-            cluster: true,
-        };
+        let keys = Keys::new("gw:".into(), true);
         let quota = q(10, Duration::from_secs(60), 10);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let check = Entry::check(
