@@ -159,10 +159,10 @@ async fn two_gateways_share_over_a_unix_socket() {
     two_gateways_share(Target::Single(server.url()), || server.calls("evalsha")).await;
 }
 
-/// Requests that arrive while a script call is in flight go to Redis
+/// Requests that arrive while script calls are in flight go to Redis
 /// together in the next call, and the script decides them in order: 40
-/// requests on two keys (burst 10 each) in at most two calls, 10 allowed per
-/// key with the countdown of one limiter.
+/// requests on two keys (burst 10 each) in at most three calls, 10 allowed
+/// per key with the countdown of one limiter.
 #[tokio::test]
 async fn concurrent_requests_share_script_calls() {
     let server = RedisServer::tcp();
@@ -184,9 +184,11 @@ async fn concurrent_requests_share_script_calls() {
         });
     }
     let answers = requests.join_all().await;
+    // Two calls in flight at most: the first (stuck in Redis), maybe a
+    // second as the requests arrive, then everyone else together.
     let calls = server.calls("evalsha") - before;
     assert!(
-        (1..=2).contains(&calls),
+        (1..=3).contains(&calls),
         "{calls} script calls for 40 requests"
     );
     assert_eq!(

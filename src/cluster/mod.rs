@@ -57,6 +57,10 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on each local memory of refusals.
 const MAX_REMEMBERED: usize = 100_000;
+/// Script calls in flight at once (on the one multiplexed connection):
+/// with two, a batch can be on its way while the previous one is still in
+/// Redis, so a slow round trip idles neither the gateway nor Redis.
+const CALLS_IN_FLIGHT: usize = 2;
 /// Most requests in one script call (the script runs them one after the
 /// other; this bounds how long Redis is busy with one call).
 const MAX_BATCH: usize = 256;
@@ -371,12 +375,20 @@ impl Failure {
 /// a call is in flight go together in the next. Ends when the [`Shared`]
 /// is dropped.
 async fn drive(mut queue: mpsc::UnboundedReceiver<Job>, inner: Weak<Inner>) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        while in_flight.try_join_next().is_some() {}
+        if in_flight.len() >= CALLS_IN_FLIGHT {
+            in_flight.join_next().await;
+            continue;
+        }
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return;
+        }
         let Some(inner) = inner.upgrade() else { return };
         // Requests that have gone (the client left) are not sent; those
-        // whose time ran out while the previous call was in flight are
-        // answered now.
+        // whose time ran out while they queued are answered now.
         let now = tokio::time::Instant::now();
         if jobs.iter().any(|j| j.deadline <= now) {
             for job in std::mem::take(&mut jobs) {
@@ -389,14 +401,19 @@ async fn drive(mut queue: mpsc::UnboundedReceiver<Job>, inner: Weak<Inner>) {
             }
         }
         jobs.retain(|j| !j.done.is_closed());
-        if jobs.is_empty() {
-            continue;
+        if !jobs.is_empty() {
+            in_flight.spawn(async move { inner.send(jobs).await });
         }
-        if !inner.keys.cluster {
-            inner.round(&mut jobs).await;
-            continue;
+    }
+}
+
+impl Inner {
+    /// One script call for `jobs`; in Redis Cluster one per hash slot (a
+    /// script's keys must share one), in parallel.
+    async fn send(self: Arc<Self>, mut jobs: Vec<Job>) {
+        if !self.keys.cluster {
+            return self.round(&mut jobs).await;
         }
-        // Redis Cluster: a script's keys must share a slot.
         jobs.sort_by(|a, b| a.entry.slot_part().cmp(b.entry.slot_part()));
         let mut calls = tokio::task::JoinSet::new();
         while !jobs.is_empty() {
@@ -406,14 +423,12 @@ async fn drive(mut queue: mpsc::UnboundedReceiver<Job>, inner: Weak<Inner>) {
                 .take_while(|j| j.entry.slot_part() == part)
                 .count();
             let mut group: Vec<Job> = jobs.drain(..n).collect();
-            let inner = Arc::clone(&inner);
+            let inner = Arc::clone(&self);
             calls.spawn(async move { inner.round(&mut group).await });
         }
         calls.join_all().await;
     }
-}
 
-impl Inner {
     /// One script call for `jobs` (keys in one slot), bounded by the
     /// earliest of their deadlines (each request waits at most `timeout`
     /// from its arrival, the time it queued behind the previous call
