@@ -11,10 +11,10 @@
 //!   `Retry-After`, and the up/down state: after [`FAILURES_TO_DOWN`]
 //!   failed requests in a row Redis is not asked per request any more; a
 //!   background task pings it until it answers, then sharing resumes.
-//! - [`drive`] (here): requests do not call Redis themselves; they queue
+//! - `drive` (here): requests do not call Redis themselves; they queue
 //!   their keys and one task sends everything queued as one script call
-//!   (one per Redis Cluster slot), the next call when the last one has
-//!   answered. One request alone goes out at once; under load the calls
+//!   (one per Redis Cluster slot), with at most `CALLS_IN_FLIGHT` calls
+//!   in flight. One request alone goes out at once; under load the calls
 //!   carry many requests each, so Redis's per-call cost (the client's
 //!   command encoding and reply parsing here, the script start on Redis)
 //!   is paid per batch, not per request.
@@ -369,11 +369,12 @@ impl Failure {
 }
 
 /// The one task that talks to Redis for the limiters: takes every request
-/// queued (at most [`MAX_BATCH`]), sends them as one script call per
-/// Redis Cluster slot, hands each its answer, and only then looks at the
-/// queue again. A request alone is sent at once; requests that arrive while
-/// a call is in flight go together in the next. Ends when the [`Shared`]
-/// is dropped.
+/// queued (at most [`MAX_BATCH`]) and sends them as one script call per
+/// Redis Cluster slot (a task that hands each request its answer), while
+/// fewer than [`CALLS_IN_FLIGHT`] are in flight; otherwise it waits for one
+/// to end and requests queue meanwhile. A request alone is sent at once;
+/// under load each call carries what queued while the others were in
+/// flight. Ends when the [`Shared`] is dropped.
 async fn drive(mut queue: mpsc::UnboundedReceiver<Job>, inner: Weak<Inner>) {
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
