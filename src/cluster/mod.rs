@@ -746,43 +746,53 @@ fn classify(e: &redis::RedisError) -> ErrorKind {
 
 /// A bounded map of name → deadline (local memory of Redis's refusals).
 #[derive(Default)]
-struct Deadlines(DashMap<String, Instant>);
+struct Deadlines {
+    map: DashMap<String, Instant>,
+    /// False while the map is known empty (the usual case): lookups then
+    /// hash nothing. Set before each insert, cleared by `prune` when it
+    /// empties the map; a race can only make one lookup miss a refusal
+    /// (Redis is asked once more and refuses again).
+    used: AtomicBool,
+}
 
 impl Deadlines {
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        !self.used.load(Ordering::Relaxed)
     }
 
     /// Time left, if the deadline has not passed.
     fn left(&self, name: &str) -> Option<Duration> {
-        // Usually nothing is refused: no hashing of the name.
-        if self.0.is_empty() {
+        if self.is_empty() {
             return None;
         }
-        let until = *self.0.get(name)?;
+        let until = *self.map.get(name)?;
         let now = Instant::now();
         if until > now {
             Some(until - now)
         } else {
-            self.0.remove_if(name, |_, u| *u <= now);
+            self.map.remove_if(name, |_, u| *u <= now);
             None
         }
     }
 
     fn prune(&self) {
         let now = Instant::now();
-        self.0.retain(|_, u| *u > now);
+        self.map.retain(|_, u| *u > now);
+        if self.map.is_empty() {
+            self.used.store(false, Ordering::Relaxed);
+        }
     }
 
     fn remember(&self, name: String, left: Duration) {
         let now = Instant::now();
-        if self.0.len() >= MAX_REMEMBERED {
+        if self.map.len() >= MAX_REMEMBERED {
             self.prune();
-            if self.0.len() >= MAX_REMEMBERED {
+            if self.map.len() >= MAX_REMEMBERED {
                 // Full of live refusals: Redis is asked again, memory stays bounded.
                 return;
             }
         }
-        self.0.insert(name, now + left);
+        self.used.store(true, Ordering::Relaxed);
+        self.map.insert(name, now + left);
     }
 }

@@ -367,17 +367,27 @@ pub(super) struct Reply {
     pub decisions: [Option<Decision>; 2],
 }
 
+/// A non-empty run of ASCII digits as a number (no sign, no overflow).
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let d = d.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
 /// One reply per entry, in order, from the script's reply string; `None`:
 /// not the shape the script returns.
 pub(super) fn decode<'a>(
     reply: &[u8],
     entries: impl ExactSizeIterator<Item = &'a Entry>,
 ) -> Option<Vec<Reply>> {
-    let mut numbers = reply.split(|&b| b == b' ').map(|n| {
-        std::str::from_utf8(n)
-            .ok()
-            .and_then(|n| n.parse::<u64>().ok())
-    });
+    let mut numbers = reply.split(|&b| b == b' ').map(decimal);
     let mut next = || numbers.next().flatten();
     let now = Duration::from_secs(next()?) + Duration::from_nanos(next()?);
     let mut replies = Vec::with_capacity(entries.len());
@@ -503,8 +513,11 @@ mod tests {
         assert_eq!(r[1].decisions[0], Some(allowed(quota, 0)));
         assert_eq!(r[1].decisions[1], None);
         let none = [&none];
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(decimal(b"18446744073709551616"), None);
         for bad in [
             "",
+            "1 2 2 0 +1",
             "1 2 2 0 0 ",
             "1 2 2 0 -1",
             "1 2 2 0 0.5",
