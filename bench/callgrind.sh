@@ -20,7 +20,9 @@
 # REDIS=1 adds `cluster` with a redis-server of its own (every limiter shared; requests that arrive
 # while a script call is in flight share the next one; `timeout: 5s` so that valgrind's slowness
 # does not turn Redis mode into the local fallback; Redis's own work is not counted); CONNS=N sets
-# h2load's connections (default 8; 64 is what bench/run.sh uses for HTTP/1.1); POOL=2 makes the upstream a pool of two servers (two
+# h2load's connections (default 8; 64 is what bench/run.sh uses for HTTP/1.1; each run opens its
+# connections inside the measured window, ~0.8M instructions per TLS handshake, so give CONNS=64
+# at least 40000 requests); POOL=2 makes the upstream a pool of two servers (two
 # ports of the same upstream nginx). Both measure what a Part 2 feature costs when configured.
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
