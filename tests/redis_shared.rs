@@ -242,7 +242,9 @@ async fn a_stuck_redis_costs_each_request_at_most_the_timeout() {
         );
     }
     assert_eq!(gw.metric("gateway_ratelimit_fallback_total "), 15.0);
-    assert!(gw.metric("gateway_redis_errors_total{kind=\"timeout\"} ") >= 15.0);
+    // Failed calls are counted, not the requests they carried.
+    let errors = gw.metric("gateway_redis_errors_total{kind=\"timeout\"} ");
+    assert!((1.0..15.0).contains(&errors), "{errors} timeouts");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 //! - [`Shared`] (here): one multiplexed connection, every request's wait
 //!   bounded by `timeout`, refusals remembered locally until their
 //!   `Retry-After`, and the up/down state: after [`FAILURES_TO_DOWN`]
-//!   failed requests in a row Redis is not asked per request any more; a
+//!   failed calls in a row Redis is not asked per request any more; a
 //!   background task pings it until it answers, then sharing resumes.
 //! - `drive` (here): requests do not call Redis themselves; they queue
 //!   their keys and one task sends everything queued as one script call
@@ -310,12 +310,12 @@ impl Shared {
     }
 
     /// Queues `entry` for [`drive`]'s next script call and waits for its
-    /// answer, which comes within `timeout` (the call's timer is set for
-    /// the earliest deadline of the requests it carries: one timer per
-    /// call, not per request); [`Answer::Unavailable`] (counted as a
-    /// fallback, and as a failure towards "down") when Redis is down or did
-    /// not answer in time. The entry comes back with the answer (its key
-    /// names are needed to remember refusals).
+    /// answer, which comes within `timeout` (the call answers each request
+    /// it carries by that request's deadline: one timer per call, not per
+    /// request); [`Answer::Unavailable`] (counted as a fallback) when Redis
+    /// is down or did not answer in time. Failed calls, not requests, count
+    /// towards "down". The entry comes back with the answer (its key names
+    /// are needed to remember refusals).
     async fn call(&self, entry: Entry) -> Answer<(Entry, Reply)> {
         let inner = &*self.inner;
         if !inner.up.load(Ordering::Acquire) {
@@ -326,19 +326,15 @@ impl Shared {
         let job = Job {
             entry,
             deadline: tokio::time::Instant::now() + inner.settings.timeout,
-            done,
+            done: Some(done),
         };
-        let failure = if inner.jobs.send(job).is_err() {
-            Failure::timeout(inner.settings.timeout)
-        } else {
-            match answer.await {
-                Ok(Ok(answered)) => return Answer::Shared(answered),
-                Ok(Err(failure)) => failure,
-                // Dropped unanswered: the driver has gone (shutdown).
-                Err(_) => Failure::timeout(inner.settings.timeout),
-            }
-        };
-        inner.failed(failure.kind, &failure.reason);
+        if inner.jobs.send(job).is_ok()
+            && let Ok(Some(answered)) = answer.await
+        {
+            return Answer::Shared(answered);
+        }
+        // Not answered in time, the call failed (counted there), or the
+        // driver has gone (shutdown).
         inner.metrics.fallback.inc();
         Answer::Unavailable
     }
@@ -349,21 +345,19 @@ struct Job {
     entry: Entry,
     /// Answered by then, whatever Redis does.
     deadline: tokio::time::Instant,
-    done: oneshot::Sender<Result<(Entry, Reply), Failure>>,
+    /// `None` once answered (`Some(None)`: no answer from Redis).
+    done: Option<oneshot::Sender<Option<(Entry, Reply)>>>,
 }
 
-/// Why a script call failed, for each request it carried.
-#[derive(Clone)]
-struct Failure {
-    kind: ErrorKind,
-    reason: Arc<str>,
-}
+impl Job {
+    fn is_gone(&self) -> bool {
+        self.done.as_ref().is_none_or(oneshot::Sender::is_closed)
+    }
 
-impl Failure {
-    fn timeout(timeout: Duration) -> Failure {
-        Failure {
-            kind: ErrorKind::Timeout,
-            reason: format!("no answer within {} ms", timeout.as_millis()).into(),
+    /// Tells the request Redis did not decide (the fallback applies).
+    fn unanswered(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(None);
         }
     }
 }
@@ -391,17 +385,10 @@ async fn drive(mut queue: mpsc::UnboundedReceiver<Job>, inner: Weak<Inner>) {
         // Requests that have gone (the client left) are not sent; those
         // whose time ran out while they queued are answered now.
         let now = tokio::time::Instant::now();
-        if jobs.iter().any(|j| j.deadline <= now) {
-            for job in std::mem::take(&mut jobs) {
-                if job.deadline > now {
-                    jobs.push(job);
-                } else {
-                    let timeout = Failure::timeout(inner.settings.timeout);
-                    let _ = job.done.send(Err(timeout));
-                }
-            }
+        for job in jobs.iter_mut().filter(|j| j.deadline <= now) {
+            job.unanswered();
         }
-        jobs.retain(|j| !j.done.is_closed());
+        jobs.retain(|j| !j.is_gone());
         if !jobs.is_empty() {
             in_flight.spawn(async move { inner.send(jobs).await });
         }
@@ -430,12 +417,17 @@ impl Inner {
         calls.join_all().await;
     }
 
-    /// One script call for `jobs` (keys in one slot), bounded by the
-    /// earliest of their deadlines (each request waits at most `timeout`
-    /// from its arrival, the time it queued behind the previous call
-    /// included).
+    /// One script call for `jobs` (keys in one slot). Each request is
+    /// answered by its own deadline (each waits at most `timeout` from its
+    /// arrival, the time it queued behind calls in flight included): while
+    /// the call runs, requests whose deadline passes get "no answer", and
+    /// the call itself is given up at the latest deadline. A failed call
+    /// counts once towards "down", however many requests it carried.
     async fn round(&self, jobs: &mut Vec<Job>) {
-        let Some(deadline) = jobs.iter().map(|j| j.deadline).min() else {
+        let (Some(first), Some(last)) = (
+            jobs.iter().map(|j| j.deadline).min(),
+            jobs.iter().map(|j| j.deadline).max(),
+        ) else {
             return;
         };
         // ~120 bytes of names and numbers per request.
@@ -453,39 +445,59 @@ impl Inner {
         }
         let conn = Conn::clone(&self.conn.load());
         let started = Instant::now();
-        let result = tokio::time::timeout_at(deadline, async {
+        let call = tokio::time::timeout_at(last, async {
             match conn {
                 Conn::Single(mut c) => eval(&cmd, &self.script, &mut c).await,
                 Conn::Cluster(mut c) => eval(&cmd, &self.script, &mut c).await,
             }
-        })
-        .await;
+        });
+        tokio::pin!(call);
+        let next_deadline = tokio::time::sleep_until(first);
+        tokio::pin!(next_deadline);
+        let result = loop {
+            tokio::select! {
+                result = &mut call => break result,
+                () = &mut next_deadline => {
+                    let now = tokio::time::Instant::now();
+                    for job in jobs.iter_mut().filter(|j| j.deadline <= now) {
+                        job.unanswered();
+                    }
+                    let waiting = jobs.iter().filter(|j| j.done.is_some());
+                    match waiting.map(|j| j.deadline).min() {
+                        Some(next) => next_deadline.as_mut().reset(next),
+                        // Everyone answered: `call` ends at `last` at the latest.
+                        None => next_deadline.as_mut().reset(last + Duration::from_secs(3600)),
+                    }
+                }
+            }
+        };
         self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
-        let failure = match result {
+        let (kind, reason) = match result {
             Ok(Ok(v)) => match script::decode(&v, jobs.iter().map(|j| &j.entry)) {
                 Some(replies) => {
                     self.failures_in_a_row.store(0, Ordering::Relaxed);
-                    for (job, reply) in jobs.drain(..).zip(replies) {
-                        let _ = job.done.send(Ok((job.entry, reply)));
+                    for (mut job, reply) in jobs.drain(..).zip(replies) {
+                        if let Some(done) = job.done.take() {
+                            let _ = done.send(Some((job.entry, reply)));
+                        }
                     }
                     return;
                 }
-                None => Failure {
-                    kind: ErrorKind::Response,
-                    reason: "unexpected script reply".into(),
-                },
+                None => (ErrorKind::Response, "unexpected script reply".to_string()),
             },
-            Ok(Err(e)) => Failure {
-                kind: classify(&e),
-                reason: e.to_string().into(),
-            },
-            Err(_) => Failure::timeout(self.settings.timeout),
+            Ok(Err(e)) => (classify(&e), e.to_string()),
+            Err(_) => (
+                ErrorKind::Timeout,
+                format!("no answer within {} ms", self.settings.timeout.as_millis()),
+            ),
         };
-        for job in jobs.drain(..) {
-            let _ = job.done.send(Err(failure.clone()));
+        self.failed(kind, &reason);
+        for job in jobs.iter_mut() {
+            job.unanswered();
         }
+        jobs.clear();
     }
 }
 
@@ -749,9 +761,8 @@ fn classify(e: &redis::RedisError) -> ErrorKind {
 struct Deadlines {
     map: DashMap<String, Instant>,
     /// False while the map is known empty (the usual case): lookups then
-    /// hash nothing. Set before each insert, cleared by `prune` when it
-    /// empties the map; a race can only make one lookup miss a refusal
-    /// (Redis is asked once more and refuses again).
+    /// hash nothing. Set after each insert, cleared by `prune` when it
+    /// empties the map (and set again if an insert raced with it).
     used: AtomicBool,
 }
 
@@ -779,7 +790,12 @@ impl Deadlines {
         let now = Instant::now();
         self.map.retain(|_, u| *u > now);
         if self.map.is_empty() {
-            self.used.store(false, Ordering::Relaxed);
+            self.used.store(false, Ordering::SeqCst);
+            // A `remember` that inserted meanwhile set the flag before this
+            // cleared it: look again.
+            if !self.map.is_empty() {
+                self.used.store(true, Ordering::SeqCst);
+            }
         }
     }
 
@@ -792,7 +808,7 @@ impl Deadlines {
                 return;
             }
         }
-        self.used.store(true, Ordering::Relaxed);
         self.map.insert(name, now + left);
+        self.used.store(true, Ordering::SeqCst);
     }
 }

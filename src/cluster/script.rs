@@ -389,25 +389,46 @@ pub(super) fn decode<'a>(
 ) -> Option<Vec<Reply>> {
     let mut numbers = reply.split(|&b| b == b' ').map(decimal);
     let mut next = || numbers.next().flatten();
-    let now = Duration::from_secs(next()?) + Duration::from_nanos(next()?);
+    let now = Duration::from_secs(next()?).checked_add(Duration::from_nanos(next()?))?;
     let mut replies = Vec::with_capacity(entries.len());
     for entry in entries {
         let pairs = usize::try_from(next()?).ok()?.checked_sub(2)?;
-        if pairs % 2 != 0 || pairs / 2 > entry.limiters.iter().flatten().count() {
+        if pairs % 2 != 0 {
             return None;
         }
+        let checked = pairs / 2;
         let blocked = match (next()?, next()?) {
-            (0, _) => None,
+            (0, 0) => None,
             (1, left) => Some(Duration::from_nanos(left)),
             _ => return None,
         };
+        // The shapes the script gives: nothing when braked or for a
+        // failure; else every limiter, or up to the first refusal.
+        let limiters = entry.rates().count();
+        if (blocked.is_some() || entry.fail) && checked > 0
+            || !entry.fail
+                && blocked.is_none()
+                && (checked == 0 && limiters > 0 || checked > limiters)
+        {
+            return None;
+        }
         let mut decisions = [None, None];
-        for (q, slot) in entry.rates().take(pairs / 2).zip(&mut decisions) {
-            *slot = Some(match (next()?, next()?) {
+        for (i, (q, slot)) in entry.rates().take(checked).zip(&mut decisions).enumerate() {
+            let d = match (next()?, next()?) {
                 (1, backlog) => allowed(q, backlog),
                 (0, wait) => Decision::denied(q, Duration::from_nanos(wait)),
                 _ => return None,
-            });
+            };
+            // The script stops at the first refusal, and only there.
+            let valid = if i + 1 < checked {
+                d.is_allowed()
+            } else {
+                checked == limiters || !d.is_allowed()
+            };
+            if !valid {
+                return None;
+            }
+            *slot = Some(d);
         }
         replies.push(Reply {
             now,
@@ -530,6 +551,35 @@ mod tests {
             );
         }
         assert!(decode(b"1 2 2 0 0", none.iter().copied()).is_some());
+        // Shapes the script never gives: refused before the last limiter
+        // checked, stopped without a refusal, pairs while braked, a time
+        // left without a block, a clock past Duration's range.
+        let two = Entry::check(None, [Some(("k".into(), quota)), Some(("t".into(), quota))]);
+        let two = [&two];
+        for bad in [
+            "1 2 6 0 0 0 5 1 0",
+            "1 2 4 0 0 1 0",
+            "1 2 2 0 0",
+            "1 2 4 1 5 1 0",
+            "1 2 2 0 7",
+            "18446744073709551615 1000000000 6 0 0 1 0 1 0",
+        ] {
+            assert!(
+                decode(bad.as_bytes(), two.iter().copied()).is_none(),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "1 2 6 0 0 1 0 1 0",
+            "1 2 6 0 0 1 0 0 5",
+            "1 2 4 0 0 0 5",
+            "1 2 2 1 5",
+        ] {
+            assert!(
+                decode(good.as_bytes(), two.iter().copied()).is_some(),
+                "{good:?}"
+            );
+        }
     }
 
     #[test]
