@@ -454,19 +454,18 @@ impl Inner {
         tokio::pin!(call);
         let next_deadline = tokio::time::sleep_until(first);
         tokio::pin!(next_deadline);
+        let mut waiting = true;
         let result = loop {
             tokio::select! {
                 result = &mut call => break result,
-                () = &mut next_deadline => {
+                () = &mut next_deadline, if waiting => {
                     let now = tokio::time::Instant::now();
                     for job in jobs.iter_mut().filter(|j| j.deadline <= now) {
                         job.unanswered();
                     }
-                    let waiting = jobs.iter().filter(|j| j.done.is_some());
-                    match waiting.map(|j| j.deadline).min() {
+                    match jobs.iter().filter(|j| j.done.is_some()).map(|j| j.deadline).min() {
                         Some(next) => next_deadline.as_mut().reset(next),
-                        // Everyone answered: `call` ends at `last` at the latest.
-                        None => next_deadline.as_mut().reset(last + Duration::from_secs(3600)),
+                        None => waiting = false,
                     }
                 }
             }

@@ -508,78 +508,79 @@ mod tests {
     }
 
     #[test]
-    fn decode_rejects_other_shapes() {
+    fn decode_accepts_only_the_shapes_the_script_gives() {
         let quota = q(1, Duration::from_secs(1), 1);
         let one = Entry::check(None, [Some(("k".into(), quota)), None]);
-        let none = Entry::check(Some("b".into()), [None, None]);
-        let dec = |v: &[i64], e: &[&Entry]| {
-            let text: Vec<String> = v.iter().map(i64::to_string).collect();
-            decode(text.join(" ").as_bytes(), e.iter().copied())
-        };
-        assert!(dec(&[1, 2, 2, 0], &[&one]).is_none());
-        assert!(dec(&[1, 2, 3, 0, 0, 1], &[&one]).is_none());
-        assert!(dec(&[1, 2, 6, 0, 0, 1, 0, 1, 0], &[&one]).is_none());
-        assert!(dec(&[1, 2, 2, 5, 0], &[&none]).is_none());
-        assert!(
-            dec(&[1, 2, 2, 0, 0, 9], &[&none]).is_none(),
-            "trailing value"
-        );
-        assert!(
-            dec(&[1, 2, 2, 0, 0], &[&none, &none]).is_none(),
-            "one short"
-        );
-        let r = dec(&[1, 2, 2, 1, 3_000_000_000], &[&none]).expect("blocked");
+        let two = Entry::check(None, [Some(("k".into(), quota)), Some(("t".into(), quota))]);
+        let braked_only = Entry::check(Some("b".into()), [None, None]);
+        let decodes =
+            |reply: &str, entries: &[&Entry]| decode(reply.as_bytes(), entries.iter().copied());
+        let cases: &[(&str, &[&Entry], bool, &str)] = &[
+            ("1 2 2 0 0", &[&braked_only], true, "not braked"),
+            ("1 2 2 1 5", &[&two], true, "braked"),
+            ("1 2 6 0 0 1 0 1 0", &[&two], true, "both allowed"),
+            ("1 2 6 0 0 1 0 0 5", &[&two], true, "tenant refused"),
+            (
+                "1 2 4 0 0 0 5",
+                &[&two],
+                true,
+                "key refused, tenant not checked",
+            ),
+            (
+                "1 2 2 0 0 4 0 0 1 0",
+                &[&braked_only, &one],
+                true,
+                "two entries",
+            ),
+            ("1 2 2 0", &[&one], false, "cut short"),
+            ("1 2 3 0 0 1", &[&one], false, "odd length"),
+            (
+                "1 2 6 0 0 1 0 1 0",
+                &[&one],
+                false,
+                "more pairs than limiters",
+            ),
+            ("1 2 2 5 0", &[&braked_only], false, "blocked flag not 0/1"),
+            ("1 2 2 0 7", &[&two], false, "time left without a block"),
+            ("1 2 4 1 5 1 0", &[&two], false, "pairs while braked"),
+            ("1 2 2 0 0", &[&two], false, "no limiter checked"),
+            ("1 2 4 0 0 1 0", &[&two], false, "stopped without a refusal"),
+            (
+                "1 2 6 0 0 0 5 1 0",
+                &[&two],
+                false,
+                "refused before the last",
+            ),
+            ("1 2 2 0 0 9", &[&braked_only], false, "trailing value"),
+            (
+                "1 2 2 0 0",
+                &[&braked_only, &braked_only],
+                false,
+                "one entry short",
+            ),
+            ("", &[&braked_only], false, "empty"),
+            ("1 2 2 0 +1", &[&braked_only], false, "sign"),
+            ("1 2 2 0 -1", &[&braked_only], false, "negative"),
+            ("1 2 2 0 0.5", &[&braked_only], false, "fraction"),
+            ("1 2  2 0 0", &[&braked_only], false, "empty field"),
+            ("1 2 2 0 0 ", &[&braked_only], false, "trailing space"),
+            ("1 x 2 0 0", &[&braked_only], false, "not a number"),
+            (
+                "18446744073709551615 1000000000 2 0 0",
+                &[&braked_only],
+                false,
+                "clock overflow",
+            ),
+        ];
+        for (reply, entries, ok, why) in cases {
+            assert_eq!(decodes(reply, entries).is_some(), *ok, "{why}: {reply:?}");
+        }
+        let r = decodes("1 2 2 1 3000000000", &[&braked_only]).expect("braked");
         assert_eq!(r[0].blocked, Some(Duration::from_secs(3)));
-        let r = dec(&[1, 2, 2, 0, 0, 4, 0, 0, 1, 0], &[&none, &one]).expect("two entries");
-        assert_eq!(r[1].decisions[0], Some(allowed(quota, 0)));
-        assert_eq!(r[1].decisions[1], None);
-        let none = [&none];
+        let r = decodes("1 2 2 0 0 4 0 0 1 0", &[&braked_only, &one]).expect("two entries");
+        assert_eq!(r[1].decisions, [Some(allowed(quota, 0)), None]);
         assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
         assert_eq!(decimal(b"18446744073709551616"), None);
-        for bad in [
-            "",
-            "1 2 2 0 +1",
-            "1 2 2 0 0 ",
-            "1 2 2 0 -1",
-            "1 2 2 0 0.5",
-            "1 2  2 0 0",
-            "1 x 2 0 0",
-        ] {
-            assert!(
-                decode(bad.as_bytes(), none.iter().copied()).is_none(),
-                "{bad:?}"
-            );
-        }
-        assert!(decode(b"1 2 2 0 0", none.iter().copied()).is_some());
-        // Shapes the script never gives: refused before the last limiter
-        // checked, stopped without a refusal, pairs while braked, a time
-        // left without a block, a clock past Duration's range.
-        let two = Entry::check(None, [Some(("k".into(), quota)), Some(("t".into(), quota))]);
-        let two = [&two];
-        for bad in [
-            "1 2 6 0 0 0 5 1 0",
-            "1 2 4 0 0 1 0",
-            "1 2 2 0 0",
-            "1 2 4 1 5 1 0",
-            "1 2 2 0 7",
-            "18446744073709551615 1000000000 6 0 0 1 0 1 0",
-        ] {
-            assert!(
-                decode(bad.as_bytes(), two.iter().copied()).is_none(),
-                "{bad:?}"
-            );
-        }
-        for good in [
-            "1 2 6 0 0 1 0 1 0",
-            "1 2 6 0 0 1 0 0 5",
-            "1 2 4 0 0 0 5",
-            "1 2 2 1 5",
-        ] {
-            assert!(
-                decode(good.as_bytes(), two.iter().copied()).is_some(),
-                "{good:?}"
-            );
-        }
     }
 
     #[test]
