@@ -207,6 +207,54 @@ async fn concurrent_requests_share_script_calls() {
         remaining.sort_unstable();
         assert_eq!(remaining, (0..10).collect::<Vec<_>>(), "{key}");
     }
+    // A call reads each key once and writes it once at its end: what it
+    // stored is what its last request saw. Another gateway's next request
+    // for either key is refused by Redis (ten cells taken, not one).
+    let other = Gateway::start(Target::Single(server.url()), TEST_TIMEOUT);
+    for key in ["ci", "ops"] {
+        let c = check(&other.shared, &key_only("acme", key, q)).await;
+        assert!(c.at.is_some(), "asked Redis");
+        assert!(!c.key.expect("key").is_allowed(), "{key}");
+    }
+}
+
+/// Failures from one client in one script call count one after the other:
+/// the one that trips the brake is seen by the rest of the call.
+#[tokio::test]
+async fn failures_in_one_call_trip_the_brake_once() {
+    let server = RedisServer::tcp();
+    let gw = Gateway::start(Target::Single(server.url()), Duration::from_secs(10));
+    let brake = quota(3, HOUR, 3);
+    let ip: IpAddr = "192.0.2.7".parse().expect("ip");
+    check(&gw.shared, &key_only("acme", "warm-up", brake)).await;
+    let before = server.calls("evalsha");
+    server.cli(&["CLIENT", "PAUSE", "1000"]);
+    let mut failures = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let shared = gw.shared.clone();
+        failures.spawn(async move {
+            match shared.record_auth_failure("acme", ip, brake).await {
+                Answer::Shared(blocked) => blocked,
+                Answer::Unavailable => panic!("Redis unavailable"),
+            }
+        });
+    }
+    let blocked = failures.join_all().await;
+    let calls = server.calls("evalsha") - before;
+    assert!(calls <= 3, "{calls} calls for 8 failures");
+    assert_eq!(
+        blocked.iter().filter(|b| b.is_none()).count(),
+        3,
+        "three failures allowed, the rest braked: {blocked:?}"
+    );
+    // The block is in Redis: another gateway's request is braked.
+    let other = Gateway::start(Target::Single(server.url()), TEST_TIMEOUT);
+    let limits = RequestLimits {
+        brake: Some((ip, brake)),
+        ..key_only("acme", "ci", brake)
+    };
+    let c = check(&other.shared, &limits).await;
+    assert!(c.braked.is_some(), "{c:?}");
 }
 
 /// A Redis that holds every command (as a stuck or overloaded one does):
@@ -380,6 +428,48 @@ async fn decisions_equal_the_local_limiter() {
         allowed >= 5 && key_denied >= 2 && tenant_denied >= 2,
         "allowed {allowed}, key denied {key_denied}, tenant denied {tenant_denied}, remembered {remembered}"
     );
+}
+
+/// A week-long quota: backlogs and waits of 10^14 ns and more, which Lua
+/// would print in exponent form, come back exact (not as a reply the
+/// gateway cannot read, which would make Redis look down).
+#[tokio::test]
+async fn week_long_quotas_are_exact() {
+    let server = RedisServer::tcp();
+    let gw = Gateway::start(Target::Single(server.url()), TEST_TIMEOUT);
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let q = quota(1, week, 2);
+    let limits = key_only("acme", "weekly", q);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let c = check(&gw.shared, &limits).await;
+        assert!(c.at.is_some(), "answered by Redis");
+        seen.push(c.key.expect("key checked"));
+    }
+    let first_reset = 604_800;
+    assert_eq!(
+        &seen[..2],
+        &[
+            Decision::Allowed {
+                remaining: 1,
+                reset: first_reset
+            },
+            Decision::Allowed {
+                remaining: 0,
+                reset: 2 * first_reset
+            },
+        ],
+        "the second saw a backlog of one week (6.048e14 ns)"
+    );
+    let Decision::Denied { retry_after, .. } = seen[2] else {
+        panic!("third allowed: {:?}", seen[2]);
+    };
+    assert!(
+        retry_after <= week && retry_after > week - Duration::from_secs(60),
+        "{retry_after:?}"
+    );
+    assert_eq!(gw.metric("gateway_ratelimit_fallback_total "), 0.0);
+    assert_eq!(gw.metric("gateway_redis_up "), 1.0);
 }
 
 #[tokio::test]

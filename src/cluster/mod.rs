@@ -440,9 +440,7 @@ impl Inner {
                 cmd.arg(k);
             }
         }
-        for j in jobs.iter() {
-            j.entry.write_args(&mut cmd);
-        }
+        script::write_args(jobs.iter().map(|j| &j.entry), &mut cmd);
         let conn = Conn::clone(&self.conn.load());
         let started = Instant::now();
         let call = tokio::time::timeout_at(last, async {
