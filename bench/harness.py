@@ -976,12 +976,21 @@ def variant_section(L: list[str], meta: dict, raw: dict, summ: dict, mem: dict, 
     for v, what in meta.get("variants", {}).items():
         L.append(f"- **{v}**: {what}")
     L.append("")
-    L.append("| scenario | variant | req/s (MiB/s) | ÷ gateway | CPU µs/req | ÷ gateway | p99 ms | p99 − gateway ms | "
-             "Redis cmds/req |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| scenario | variant | req/s (MiB/s) | ÷ gateway | ÷ gateway, per round | CPU µs/req | ÷ gateway | p99 ms | "
+             "p99 − gateway ms | Redis cmds/req |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def cell(sc, n, f):
         return summ.get(sc, {}).get(n, {}).get(f)
+
+    def per_round(sc, n, base):
+        """Median of the ratios of runs in the same round (each pair measured minutes apart at most,
+        so the VM's drift between rounds cancels out), with their range."""
+        def rounds(runs):   # results saved before "round" was recorded: one run per round, in order
+            return {r.get("round", i): r.get("value") for i, r in enumerate(runs)}
+        b, v = rounds(raw[sc].get(base, [])), rounds(raw[sc].get(n, []))
+        rs = sorted(v[k] / b[k] for k in v if v[k] and b.get(k))
+        return f"{fmt(med(rs), 3)} ({fmt(rs[0], 2)}–{fmt(rs[-1], 2)})" if rs else "–"
     for sc in scen_keys:
         for t in vts:
             if sc not in summ or t.name not in summ[sc]:
@@ -991,7 +1000,8 @@ def variant_section(L: list[str], meta: dict, raw: dict, summ: dict, mem: dict, 
             cpu, bcpu = cell(sc, t.name, "cpu_us"), cell(sc, base, "cpu_us")
             p99, bp99 = cell(sc, t.name, "p99_ms"), cell(sc, base, "p99_ms")
             cmds = med([r.get("redis_cmds_per_req") for r in raw[sc][t.name]]) if t.redis_port else None
-            L.append(f"| {SCENARIOS[sc][0]} | {t.name} | {fmt(rps)} | {fmt(ratio(rps, brps), 3)} | {fmt(cpu)} | "
+            L.append(f"| {SCENARIOS[sc][0]} | {t.name} | {fmt(rps)} | {fmt(ratio(rps, brps), 3)} | "
+                     f"{per_round(sc, t.name, base)} | {fmt(cpu)} | "
                      f"{fmt(ratio(cpu, bcpu), 3)} | {fmt(p99)} | "
                      f"{fmt(p99 - bp99, 2) if p99 is not None and bp99 is not None else '–'} | "
                      f"{fmt(cmds, 3) if cmds is not None else '–'} |")
@@ -1470,6 +1480,7 @@ def main() -> int:
                             + ("re-measuring" if attempt < retries else
                                "keeping the cleanest" if retries else "kept (no re-measuring)"))
                     res["noisy"] = res["noise_pct"] > args.noise_max
+                    res["round"] = r
                     raw.setdefault(s, {}).setdefault(rname, []).append(res)
                     log(f"r{r + 1} {SCENARIOS[s][0]:12s} {rname:19s} {SCENARIOS[s][3]}={res['value']:>10,.1f} "
                         f"p99={fmt(res.get('p99_ms'))}ms proxy={fmt(res['proxy_cpu_pct'], 0)}% ({fmt(res.get('cpu_us'))} µs/req) "
