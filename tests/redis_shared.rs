@@ -295,6 +295,57 @@ async fn a_stuck_redis_costs_each_request_at_most_the_timeout() {
     assert!((1.0..15.0).contains(&errors), "{errors} timeouts");
 }
 
+/// A call carries an old request and a fresh one: the old one gets "no
+/// answer" at its deadline, and the call keeps waiting for the fresh one
+/// (an old request in a batch must not fail the others with it).
+#[tokio::test]
+async fn a_late_request_does_not_fail_its_batch() {
+    let server = RedisServer::tcp();
+    let timeout = Duration::from_secs(2);
+    let gw = Gateway::start(Target::Single(server.url()), timeout);
+    let q = quota(10, HOUR, 10);
+    check(&gw.shared, &key_only("acme", "warm-up", q)).await;
+    // Redis holds every command for 3.2 s. The timeline (s): 0 and 0.1 two
+    // requests, each in its own call, fill both calls in flight (deadlines
+    // 2, 2.1); 0.4 "old" queues (deadline 2.4); 1.6 "fresh" queues (3.6); 2
+    // the first call gives up and old and fresh go out in one call; 2.4
+    // old's deadline; 3.2 Redis answers, before fresh's deadline. The waits
+    // age requests: time is the feature.
+    server.cli(&["CLIENT", "PAUSE", "3200"]);
+    let mut requests = tokio::task::JoinSet::new();
+    for (name, delay_ms) in [("a1", 0), ("a2", 100), ("old", 400), ("fresh", 1600)] {
+        let shared = gw.shared.clone();
+        requests.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let started = Instant::now();
+            let answer = shared.check_request(&key_only("acme", name, q)).await;
+            (name, answer, started.elapsed())
+        });
+    }
+    for (name, answer, waited) in requests.join_all().await {
+        assert!(
+            waited <= timeout + Duration::from_millis(500),
+            "{name} waited {waited:?}"
+        );
+        match name {
+            "fresh" => {
+                let Answer::Shared(c) = answer else {
+                    panic!("fresh request failed with the old one ({waited:?})")
+                };
+                assert!(c.key.expect("key").is_allowed());
+            }
+            _ => assert_eq!(answer, Answer::Unavailable, "{name}"),
+        }
+    }
+    // Two calls timed out (not three requests); Redis stays up.
+    assert_eq!(
+        gw.metric("gateway_redis_errors_total{kind=\"timeout\"} "),
+        2.0
+    );
+    assert_eq!(gw.metric("gateway_redis_up "), 1.0);
+    assert_eq!(gw.metric("gateway_ratelimit_fallback_total "), 3.0);
+}
+
 #[tokio::test]
 async fn redis_cluster_shares_key_tenant_and_brake() {
     let cluster = RedisCluster::start();
