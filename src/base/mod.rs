@@ -1,6 +1,8 @@
-//! Leaves every other module may use: header names, request ids, hex digits.
+//! Leaves every other module may use: header names, request ids, hex digits,
+//! a map of deadlines.
 //! Nothing here imports from the rest of the crate.
 
+pub mod deadlines;
 pub mod headers;
 pub mod request_id;
 

@@ -33,7 +33,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -42,6 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use metrics::{ErrorKind, RedisMetrics};
 pub use settings::{RawSettings, Settings, Target, validate};
 
+use crate::base;
 use crate::ratelimit::{
     Decision, LimitEntry, OnUnavailable, Owner, Rate, SharedChecked, SharedFuture, SharedLimits,
     SharedRequest, Unavailable,
@@ -753,59 +753,31 @@ fn classify(e: &redis::RedisError) -> ErrorKind {
     }
 }
 
-/// A bounded map of name → deadline (local memory of Redis's refusals).
+/// Local memory of Redis's refusals and blocks, bounded.
 #[derive(Default)]
-struct Deadlines {
-    map: DashMap<String, Instant>,
-    /// False while the map is known empty (the usual case): lookups then
-    /// hash nothing. Set after each insert, cleared by `prune` when it
-    /// empties the map (and set again if an insert raced with it).
-    used: AtomicBool,
-}
+struct Deadlines(base::deadlines::Deadlines<String>);
 
 impl Deadlines {
     fn is_empty(&self) -> bool {
-        !self.used.load(Ordering::Relaxed)
+        self.0.is_empty()
     }
 
-    /// Time left, if the deadline has not passed.
     fn left(&self, name: &str) -> Option<Duration> {
-        if self.is_empty() {
-            return None;
-        }
-        let until = *self.map.get(name)?;
-        let now = Instant::now();
-        if until > now {
-            Some(until - now)
-        } else {
-            self.map.remove_if(name, |_, u| *u <= now);
-            None
-        }
+        self.0.left(name)
     }
 
     fn prune(&self) {
-        let now = Instant::now();
-        self.map.retain(|_, u| *u > now);
-        if self.map.is_empty() {
-            self.used.store(false, Ordering::SeqCst);
-            // A `remember` that inserted meanwhile set the flag before this
-            // cleared it: look again.
-            if !self.map.is_empty() {
-                self.used.store(true, Ordering::SeqCst);
-            }
-        }
+        self.0.prune();
     }
 
     fn remember(&self, name: String, left: Duration) {
-        let now = Instant::now();
-        if self.map.len() >= MAX_REMEMBERED {
-            self.prune();
-            if self.map.len() >= MAX_REMEMBERED {
+        if self.0.len() >= MAX_REMEMBERED {
+            self.0.prune();
+            if self.0.len() >= MAX_REMEMBERED {
                 // Full of live refusals: Redis is asked again, memory stays bounded.
                 return;
             }
         }
-        self.map.insert(name, now + left);
-        self.used.store(true, Ordering::SeqCst);
+        self.0.insert(name, left);
     }
 }

@@ -2,22 +2,19 @@
 //! the limit, refuses every authenticated request from that IP for a while.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
-use dashmap::DashMap;
+use std::time::Duration;
 
 use super::Rate;
 use super::per_ip::{MAX_TRACKED, PerIp, bucket};
+use crate::base::deadlines::Deadlines;
 
 /// The brute-force brake: counts failed key checks per client IP and, past
 /// the limit, refuses every authenticated request from that IP for a while.
 pub struct AuthBrake {
     failures: PerIp,
-    blocked: DashMap<IpAddr, Instant>,
-    /// Set before the first block: until then every authenticated request
-    /// skips the lookup in `blocked` (a hash and a shard lock).
-    ever_blocked: AtomicBool,
+    /// Usually empty: every authenticated request then skips the lookup
+    /// (a hash and a shard lock).
+    blocked: Deadlines<IpAddr>,
 }
 
 impl AuthBrake {
@@ -30,8 +27,7 @@ impl AuthBrake {
     pub(crate) fn with_cap(rate: Rate, cap: usize) -> Self {
         AuthBrake {
             failures: PerIp::with_cap(rate, "auth_brake_reset", cap),
-            blocked: DashMap::new(),
-            ever_blocked: AtomicBool::new(false),
+            blocked: Deadlines::default(),
         }
     }
 
@@ -41,18 +37,10 @@ impl AuthBrake {
 
     /// Remaining block time for this client, if it is braked.
     pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
-        if !self.ever_blocked.load(Ordering::Acquire) {
+        if self.blocked.is_empty() {
             return None;
         }
-        let ip = bucket(ip);
-        let until = *self.blocked.get(&ip)?;
-        let now = Instant::now();
-        if until > now {
-            Some(until - now)
-        } else {
-            self.blocked.remove_if(&ip, |_, u| *u <= now);
-            None
-        }
+        self.blocked.left(&bucket(ip))
     }
 
     /// Count one failed attempt; returns the block time if this one tipped
@@ -60,11 +48,9 @@ impl AuthBrake {
     pub fn record_failure(&self, ip: IpAddr) -> Option<Duration> {
         let wait = self.failures.check(ip).err()?;
         if self.blocked.len() >= self.failures.cap() {
-            let now = Instant::now();
-            self.blocked.retain(|_, u| *u > now);
+            self.blocked.prune();
         }
-        self.ever_blocked.store(true, Ordering::Release);
-        self.blocked.insert(bucket(ip), Instant::now() + wait);
+        self.blocked.insert(bucket(ip), wait);
         Some(wait)
     }
 
@@ -76,7 +62,6 @@ impl AuthBrake {
     /// Forget fully replenished counters and expired blocks.
     pub fn housekeeping(&self) {
         self.failures.housekeeping();
-        let now = Instant::now();
-        self.blocked.retain(|_, u| *u > now);
+        self.blocked.prune();
     }
 }
