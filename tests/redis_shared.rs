@@ -219,13 +219,18 @@ async fn concurrent_requests_share_script_calls() {
 }
 
 /// Failures from one client in one script call count one after the other:
-/// the one that trips the brake is seen by the rest of the call.
+/// the one that trips the brake is seen by the rest of the call, a key
+/// check from the same client included.
 #[tokio::test]
 async fn failures_in_one_call_trip_the_brake_once() {
     let server = RedisServer::tcp();
     let gw = Gateway::start(Target::Single(server.url()), Duration::from_secs(10));
     let brake = quota(3, HOUR, 3);
     let ip: IpAddr = "192.0.2.7".parse().expect("ip");
+    let limits = RequestLimits {
+        brake: Some((ip, brake)),
+        ..key_only("acme", "ci", brake)
+    };
     check(&gw.shared, &key_only("acme", "warm-up", brake)).await;
     let before = server.calls("evalsha");
     server.cli(&["CLIENT", "PAUSE", "1000"]);
@@ -239,20 +244,23 @@ async fn failures_in_one_call_trip_the_brake_once() {
             }
         });
     }
+    // Queued after the failures (tasks start in order): in the same call
+    // as the last of them, behind the one that trips the brake.
+    let shared = gw.shared.clone();
+    let late_check = tokio::spawn(async move { check(&shared, &limits).await });
     let blocked = failures.join_all().await;
+    let late_check = late_check.await.expect("check task");
     let calls = server.calls("evalsha") - before;
-    assert!(calls <= 3, "{calls} calls for 8 failures");
+    assert!(calls <= 3, "{calls} calls for 9 requests");
     assert_eq!(
         blocked.iter().filter(|b| b.is_none()).count(),
         3,
         "three failures allowed, the rest braked: {blocked:?}"
     );
+    assert!(late_check.braked.is_some(), "{late_check:?}");
+    assert!(late_check.at.is_some(), "braked by Redis, not by memory");
     // The block is in Redis: another gateway's request is braked.
     let other = Gateway::start(Target::Single(server.url()), TEST_TIMEOUT);
-    let limits = RequestLimits {
-        brake: Some((ip, brake)),
-        ..key_only("acme", "ci", brake)
-    };
     let c = check(&other.shared, &limits).await;
     assert!(c.braked.is_some(), "{c:?}");
 }
@@ -301,19 +309,19 @@ async fn a_stuck_redis_costs_each_request_at_most_the_timeout() {
 #[tokio::test]
 async fn a_late_request_does_not_fail_its_batch() {
     let server = RedisServer::tcp();
-    let timeout = Duration::from_secs(2);
+    let timeout = Duration::from_secs(3);
     let gw = Gateway::start(Target::Single(server.url()), timeout);
     let q = quota(10, HOUR, 10);
     check(&gw.shared, &key_only("acme", "warm-up", q)).await;
-    // Redis holds every command for 3.2 s. The timeline (s): 0 and 0.1 two
+    // Redis holds every command for 4.3 s. The timeline (s): 0 and 0.15 two
     // requests, each in its own call, fill both calls in flight (deadlines
-    // 2, 2.1); 0.4 "old" queues (deadline 2.4); 1.6 "fresh" queues (3.6); 2
-    // the first call gives up and old and fresh go out in one call; 2.4
-    // old's deadline; 3.2 Redis answers, before fresh's deadline. The waits
+    // 3, 3.15); 0.6 "old" queues (deadline 3.6); 2 "fresh" queues (5); 3
+    // the first call gives up and old and fresh go out in one call; 3.6
+    // old's deadline; 4.3 Redis answers, before fresh's deadline. The waits
     // age requests: time is the feature.
-    server.cli(&["CLIENT", "PAUSE", "3200"]);
+    server.cli(&["CLIENT", "PAUSE", "4300"]);
     let mut requests = tokio::task::JoinSet::new();
-    for (name, delay_ms) in [("a1", 0), ("a2", 100), ("old", 400), ("fresh", 1600)] {
+    for (name, delay_ms) in [("a1", 0), ("a2", 150), ("old", 600), ("fresh", 2000)] {
         let shared = gw.shared.clone();
         requests.spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
@@ -521,6 +529,57 @@ async fn week_long_quotas_are_exact() {
     );
     assert_eq!(gw.metric("gateway_ratelimit_fallback_total "), 0.0);
     assert_eq!(gw.metric("gateway_redis_up "), 1.0);
+}
+
+/// A backlog past 2^63 ns (a quota whose tau is larger still) is capped,
+/// not wrapped into a negative number (which reads as a refusal); a value
+/// the script did not write (Lua reads "inf", "nan" and fractions as
+/// numbers) counts as no state, not as an endless backlog.
+#[tokio::test]
+async fn huge_and_foreign_stored_values_are_safe() {
+    let server = RedisServer::tcp();
+    let gw = Gateway::start(Target::Single(server.url()), TEST_TIMEOUT);
+    // t = 1 h, tau = 1 h × 2,999,999 ≈ 1.08e19 ns.
+    let q = quota(1, HOUR, 3_000_000);
+    let time = server.cli(&["TIME"]);
+    let now_s: u64 = time
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("TIME");
+    // Stored: now + 9.3e18 ns, as the script writes instants.
+    let stored = format!("{}000000000", now_s + 9_300_000_000);
+    server.cli(&[
+        "SET",
+        "test-gw:{t:acme}:k:big:q1p3600000000000b3000000",
+        &stored,
+        "EX",
+        "600",
+    ]);
+    let c = check(&gw.shared, &key_only("acme", "big", q)).await;
+    assert!(c.at.is_some(), "answered by Redis");
+    assert!(
+        c.key.expect("key").is_allowed(),
+        "a 9.3e18 ns backlog is below tau: {c:?}"
+    );
+    let small = quota(10, HOUR, 10);
+    for (key, junk) in [
+        ("inf", "inf000000000"),
+        ("nan", "nan000000000"),
+        ("half", "1.5"),
+    ] {
+        let name = format!("test-gw:{{t:acme}}:k:{key}:q10p3600000000000b10");
+        server.cli(&["SET", &name, junk, "EX", "600"]);
+        let c = check(&gw.shared, &key_only("acme", key, small)).await;
+        assert_eq!(
+            c.key,
+            Some(Decision::Allowed {
+                remaining: 9,
+                reset: 360
+            }),
+            "{junk}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -48,12 +48,13 @@ local clock = redis.call('TIME')
 local now_s = tonumber(clock[1])
 local now_ns = tonumber(clock[2]) * 1000
 
--- A stored instant minus now, in ns (nil if the value is not ours).
+-- A stored instant minus now, in ns (nil if the value is not ours: Lua's
+-- tonumber also reads fractions, "inf" and "nan").
 local function ahead(v)
   local n = #v
   local s = tonumber(string.sub(v, 1, n - 9))
   local ns = tonumber(string.sub(v, n - 8))
-  if not s or not ns then return nil end
+  if not s or not ns or s % 1 ~= 0 or ns % 1 ~= 0 then return nil end
   return (s - now_s) * 1e9 + (ns - now_ns)
 end
 
@@ -92,10 +93,13 @@ local function gcra(key, t, tau)
   return 1, backlog
 end
 
--- Lua writes numbers with %.14g: exact digits below 1e14 only.
+-- Lua writes numbers with %.14g: exact digits below 1e14 only; %d wraps
+-- at 2^63 (a quota's tau can be that large: ~292 years, capped there).
 local out = {now_s, now_ns}
 local function put(x)
-  if x >= 1e14 or x <= -1e14 then x = string.format('%d', x) end
+  if x >= 1e14 or x <= -1e14 then
+    x = string.format('%d', math.max(math.min(x, 9e18), -9e18))
+  end
   out[#out + 1] = x
 end
 
@@ -475,6 +479,8 @@ pub(super) fn decode<'a>(
             decisions: [None, None],
         };
         let checked = match next()? {
+            // Only an entry with a block key can be braked.
+            Signed::Minus(_) if entry.block.is_none() => return None,
             Signed::Minus(left) => {
                 reply.blocked = Some(Duration::from_nanos(left));
                 replies.push(reply);
@@ -591,7 +597,8 @@ mod tests {
         let fail = Entry::failure("b".into(), "f".into(), quota);
         let cases: &[(&str, &[&Entry], bool, &str)] = &[
             ("1 2 0", &[&braked_only], true, "not braked"),
-            ("1 2 -5", &[&two], true, "braked"),
+            ("1 2 -5", &[&braked_only], true, "braked"),
+            ("1 2 -5", &[&two], false, "braked without a block key"),
             ("1 2 2 0 0", &[&two], true, "both allowed"),
             ("1 2 2 0 -5", &[&two], true, "tenant refused"),
             ("1 2 1 -5", &[&two], true, "key refused, tenant unchecked"),
