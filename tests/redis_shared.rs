@@ -563,10 +563,12 @@ async fn huge_and_foreign_stored_values_are_safe() {
         "a 9.3e18 ns backlog is below tau: {c:?}"
     );
     let small = quota(10, HOUR, 10);
+    // A second from now plus 1.5 ns: read as is, a fractional backlog.
+    let fraction = format!("{}0000001.5", now_s + 1);
     for (key, junk) in [
         ("inf", "inf000000000"),
         ("nan", "nan000000000"),
-        ("half", "1.5"),
+        ("half", fraction.as_str()),
     ] {
         let name = format!("test-gw:{{t:acme}}:k:{key}:q10p3600000000000b10");
         server.cli(&["SET", &name, junk, "EX", "600"]);

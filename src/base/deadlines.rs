@@ -62,6 +62,20 @@ impl<K: Eq + Hash> Deadlines<K> {
         self.used.store(true, Ordering::SeqCst);
     }
 
+    /// [`Deadlines::insert`], holding at most `cap` entries: when full,
+    /// passed deadlines are dropped first; if it is still full of live
+    /// ones the new one is not kept (memory stays bounded; its owner is
+    /// asked again next time).
+    pub fn insert_bounded(&self, key: K, left: Duration, cap: usize) {
+        if self.map.len() >= cap {
+            self.prune();
+            if self.map.len() >= cap {
+                return;
+            }
+        }
+        self.insert(key, left);
+    }
+
     /// Drops every deadline that has passed.
     pub fn prune(&self) {
         let now = Instant::now();
@@ -100,5 +114,18 @@ mod tests {
         d.prune();
         assert!(d.is_empty());
         assert_eq!(d.len(), 0);
+    }
+
+    #[test]
+    fn a_bounded_insert_prunes_then_refuses_when_full_of_live_ones() {
+        let d: Deadlines<u8> = Deadlines::default();
+        d.insert_bounded(1, Duration::ZERO, 2);
+        d.insert_bounded(2, Duration::from_secs(60), 2);
+        d.insert_bounded(3, Duration::from_secs(60), 2);
+        assert_eq!(d.left(&1), None);
+        assert!(d.left(&3).is_some(), "the passed one made room");
+        d.insert_bounded(4, Duration::from_secs(60), 2);
+        assert_eq!(d.left(&4), None, "full of live ones: not kept");
+        assert_eq!(d.len(), 2);
     }
 }

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use metrics::{ErrorKind, RedisMetrics};
 pub use settings::{RawSettings, Settings, Target, validate};
 
-use crate::base;
+use crate::base::deadlines::Deadlines;
 use crate::ratelimit::{
     Decision, LimitEntry, OnUnavailable, Owner, Rate, SharedChecked, SharedFuture, SharedLimits,
     SharedRequest, Unavailable,
@@ -119,9 +119,9 @@ struct Inner {
     up: AtomicBool,
     failures_in_a_row: AtomicU32,
     /// Key and anonymous limiters that refused: Redis key → allowed again at.
-    refused: Deadlines,
+    refused: Deadlines<String>,
     /// Braked clients: block key → blocked until.
-    blocked: Deadlines,
+    blocked: Deadlines<String>,
     metrics: Arc<RedisMetrics>,
 }
 
@@ -230,7 +230,7 @@ impl Shared {
         };
         if let Some(left) = reply.blocked {
             if let Some(b) = entry.block {
-                inner.blocked.remember(b, left);
+                inner.blocked.insert_bounded(b, left, MAX_REMEMBERED);
             }
             checked.braked = Some(left);
             return Answer::Shared(checked);
@@ -240,7 +240,9 @@ impl Shared {
         if let Some((name, _)) = key {
             let d = decisions.next().flatten();
             if let Some(Decision::Denied { retry_after, .. }) = d {
-                inner.refused.remember(name, retry_after);
+                inner
+                    .refused
+                    .insert_bounded(name, retry_after, MAX_REMEMBERED);
             }
             checked.key = d;
         }
@@ -270,7 +272,7 @@ impl Shared {
             return Answer::Unavailable;
         };
         if let (Some(left), Some(block)) = (reply.blocked, entry.block) {
-            inner.blocked.remember(block, left);
+            inner.blocked.insert_bounded(block, left, MAX_REMEMBERED);
         }
         Answer::Shared(reply.blocked)
     }
@@ -304,7 +306,9 @@ impl Shared {
             return Answer::Unavailable;
         };
         if let Decision::Denied { retry_after, .. } = d {
-            inner.refused.remember(name, retry_after);
+            inner
+                .refused
+                .insert_bounded(name, retry_after, MAX_REMEMBERED);
         }
         Answer::Shared(d)
     }
@@ -329,12 +333,12 @@ impl Shared {
             done: Some(done),
         };
         if inner.jobs.send(job).is_ok()
-            && let Ok(Some(answered)) = answer.await
+            && let Ok(answered) = answer.await
         {
             return Answer::Shared(answered);
         }
-        // Not answered in time, the call failed (counted there), or the
-        // driver has gone (shutdown).
+        // The answer channel was dropped: not answered in time, the call
+        // failed (counted there), or the driver has gone (shutdown).
         inner.metrics.fallback.inc();
         Answer::Unavailable
     }
@@ -345,21 +349,9 @@ struct Job {
     entry: Entry,
     /// Answered by then, whatever Redis does.
     deadline: tokio::time::Instant,
-    /// `None` once answered (`Some(None)`: no answer from Redis).
-    done: Option<oneshot::Sender<Option<(Entry, Reply)>>>,
-}
-
-impl Job {
-    fn is_gone(&self) -> bool {
-        self.done.as_ref().is_none_or(oneshot::Sender::is_closed)
-    }
-
-    /// Tells the request Redis did not decide (the fallback applies).
-    fn unanswered(&mut self) {
-        if let Some(done) = self.done.take() {
-            let _ = done.send(None);
-        }
-    }
+    /// `None` once answered; dropped unanswered, it tells the request
+    /// Redis did not decide (the fallback applies).
+    done: Option<oneshot::Sender<(Entry, Reply)>>,
 }
 
 /// The one task that talks to Redis for the limiters: takes every request
@@ -385,10 +377,7 @@ async fn drive(mut queue: mpsc::UnboundedReceiver<Job>, inner: Weak<Inner>) {
         // Requests that have gone (the client left) are not sent; those
         // whose time ran out while they queued are answered now.
         let now = tokio::time::Instant::now();
-        for job in jobs.iter_mut().filter(|j| j.deadline <= now) {
-            job.unanswered();
-        }
-        jobs.retain(|j| !j.is_gone());
+        jobs.retain(|j| j.deadline > now && j.done.as_ref().is_some_and(|d| !d.is_closed()));
         if !jobs.is_empty() {
             in_flight.spawn(async move { inner.send(jobs).await });
         }
@@ -459,7 +448,7 @@ impl Inner {
                 () = &mut next_deadline, if waiting => {
                     let now = tokio::time::Instant::now();
                     for job in jobs.iter_mut().filter(|j| j.deadline <= now) {
-                        job.unanswered();
+                        job.done = None;
                     }
                     match jobs.iter().filter(|j| j.done.is_some()).map(|j| j.deadline).min() {
                         Some(next) => next_deadline.as_mut().reset(next),
@@ -477,7 +466,7 @@ impl Inner {
                     self.failures_in_a_row.store(0, Ordering::Relaxed);
                     for (mut job, reply) in jobs.drain(..).zip(replies) {
                         if let Some(done) = job.done.take() {
-                            let _ = done.send(Some((job.entry, reply)));
+                            let _ = done.send((job.entry, reply));
                         }
                     }
                     return;
@@ -491,9 +480,7 @@ impl Inner {
             ),
         };
         self.failed(kind, &reason);
-        for job in jobs.iter_mut() {
-            job.unanswered();
-        }
+        // Unanswered: the requests fall back.
         jobs.clear();
     }
 }
@@ -750,34 +737,5 @@ fn classify(e: &redis::RedisError) -> ErrorKind {
         ErrorKind::Connect
     } else {
         ErrorKind::Response
-    }
-}
-
-/// Local memory of Redis's refusals and blocks, bounded.
-#[derive(Default)]
-struct Deadlines(base::deadlines::Deadlines<String>);
-
-impl Deadlines {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn left(&self, name: &str) -> Option<Duration> {
-        self.0.left(name)
-    }
-
-    fn prune(&self) {
-        self.0.prune();
-    }
-
-    fn remember(&self, name: String, left: Duration) {
-        if self.0.len() >= MAX_REMEMBERED {
-            self.0.prune();
-            if self.0.len() >= MAX_REMEMBERED {
-                // Full of live refusals: Redis is asked again, memory stays bounded.
-                return;
-            }
-        }
-        self.0.insert(name, left);
     }
 }
