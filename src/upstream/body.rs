@@ -43,6 +43,14 @@ impl RequestBody {
     pub fn full(bytes: Bytes) -> Self {
         RequestBody(Inner::Full((!bytes.is_empty()).then_some(bytes)))
     }
+
+    /// The bytes of a body read whole (not yet sent), without taking them.
+    pub fn full_bytes(&self) -> Option<&Bytes> {
+        match &self.0 {
+            Inner::Full(bytes) => bytes.as_ref(),
+            Inner::Stream { .. } => None,
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -90,6 +98,23 @@ impl Body for RequestBody {
     }
 }
 
+/// A failure of [`RequestBody`] itself, while our own codec sends it: the
+/// client's (413, 400), or else the upstream's.
+pub(super) fn body_error(e: BoxError) -> GatewayError {
+    if e.is::<BodyTooLarge>() {
+        GatewayError::PayloadTooLarge
+    } else if e.is::<ClientBodyError>() {
+        GatewayError::BadRequest(BadRequest::Framing)
+    } else {
+        GatewayError::Upstream {
+            kind: UpstreamFailure::Reset,
+            source: e,
+        }
+    }
+}
+
+/// A failure of hyper's client (upgrades): the request body's, or else
+/// the upstream's.
 pub(super) fn classify(e: hyper::Error) -> GatewayError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {

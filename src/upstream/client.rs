@@ -2,17 +2,21 @@
 //! balance step's choice), one [`Pool`] of idle connections per server,
 //! shared by every config generation that names it (a reload keeps the
 //! warm connections), failover of what could not be sent, and the response
-//! body that gives its connection back when read to the end.
+//! body that gives its connection back when read to the end. Requests
+//! speak our own codec ([`super::conn`]) on pooled connections; WebSocket
+//! handshakes take hyper's client on a connection of their own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::Response;
+use http::header::UPGRADE;
+use http::request::Parts;
 use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -21,6 +25,8 @@ use hyper_util::rt::TokioIo;
 
 use super::Target;
 use super::body::{RequestBody, classify};
+use super::codec::{BodyDecoder, Event};
+use super::conn::{Conn, Failure, Upload};
 use crate::balance::{
     self, Outcome, Pick, Scheme, Server, ServerPool, ServerUrl, TlsClient, Unreachable,
 };
@@ -43,47 +49,31 @@ pub struct ConnKey {
 }
 
 /// One server's idle keep-alive HTTP/1.1 connections, most recently used
-/// last. Each connection's I/O runs in its own task; the pool holds the
-/// sending halves.
+/// last. An idle connection has no task of its own: the request that takes
+/// it drives it ([`Conn`]).
 pub struct Pool {
     url: ServerUrl,
     tls: Option<TlsClient>,
-    idle: Mutex<Vec<(Instant, SendRequest<RequestBody>)>>,
+    idle: Mutex<Vec<(Instant, Box<Conn>)>>,
 }
 
 impl Pool {
-    /// A ready idle connection, newest first; closed ones are dropped.
-    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((_, sender)) = idle.pop() {
-            if sender.is_ready() {
-                return Some(sender);
+    /// An idle connection still open, newest first; closed ones are dropped.
+    fn checkout(&self) -> Option<Box<Conn>> {
+        loop {
+            let mut conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?.1;
+            if conn.idle_usable() {
+                return Some(conn);
             }
         }
-        None
     }
 
-    /// Back to the pool once the exchange is over. Usually the connection
-    /// is ready again by the time its response body ended (hyper marks it
-    /// idle in the same poll that reads the last byte); otherwise a task
-    /// waits for it. One that closes or was upgraded is dropped.
-    pub(super) fn give_back(self: &Arc<Self>, mut sender: SendRequest<RequestBody>) {
-        if sender.is_ready() {
-            self.park(sender);
-        } else if !sender.is_closed() {
-            let pool = self.clone();
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.park(sender);
-                }
-            });
-        }
-    }
-
-    fn park(&self, sender: SendRequest<RequestBody>) {
+    /// Back to the pool once the exchange is over (the caller knows both
+    /// messages were complete and nothing is left over).
+    fn park(&self, conn: Box<Conn>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_SERVER {
-            idle.push((Instant::now(), sender));
+            idle.push((Instant::now(), conn));
         }
     }
 
@@ -91,14 +81,23 @@ impl Pool {
     /// the upstream.
     fn prune(&self, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(since, sender)| {
-            !sender.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
+        idle.retain_mut(|(since, conn)| {
+            now.duration_since(*since) < IDLE_TIMEOUT && conn.idle_usable()
         });
     }
 
-    /// A new connection (TCP, plus TLS for `https`), its I/O in a task of
-    /// its own. The caller's connect budget bounds it.
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, GatewayError> {
+    /// A new connection (TCP, plus TLS for `https`). The caller's connect
+    /// budget bounds it.
+    async fn connect(&self) -> Result<Box<Conn>, GatewayError> {
+        let stream = balance::connect(&self.url, self.tls.as_ref())
+            .await
+            .map_err(|e| connect_failed(e.into()))?;
+        Ok(Box::new(Conn::new(stream)))
+    }
+
+    /// A new connection for one WebSocket handshake, spoken by hyper (which
+    /// hands the connection to the tunnel after a 101); never pooled.
+    async fn connect_upgrade(&self) -> Result<SendRequest<RequestBody>, GatewayError> {
         let stream = balance::connect(&self.url, self.tls.as_ref())
             .await
             .map_err(|e| connect_failed(e.into()))?;
@@ -205,8 +204,15 @@ impl UpstreamClient {
         };
         // The server waited on, for the timeout's report.
         let mut waiting = None;
-        let exchange = self.exchange(servers, &target.conns, req, &mut waiting);
-        match tokio::time::timeout(timeout, exchange).await {
+        // `rewrite_request` keeps `Upgrade` for WebSocket handshakes only.
+        let result = if req.headers().contains_key(UPGRADE) {
+            let exchange = self.upgrade(servers, &target.conns, req, &mut waiting);
+            tokio::time::timeout(timeout, exchange).await
+        } else {
+            let exchange = self.exchange(servers, &target.conns, req, &mut waiting);
+            tokio::time::timeout(timeout, exchange).await
+        };
+        match result {
             Ok(result) => result,
             Err(_) => {
                 if let Some(server) = waiting {
@@ -225,24 +231,23 @@ impl UpstreamClient {
         &self,
         servers: &ServerPool,
         conns: &[Arc<Pool>],
-        mut req: http::Request<RequestBody>,
+        req: http::Request<RequestBody>,
         waiting: &mut Option<Arc<Server>>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
         let mut failover = servers.failover(self.connect_timeout);
         let mut pick = failover.first();
         loop {
             *waiting = Some(pick.server().clone());
             let pool = &conns[pick.index()];
-            if let Some(sender) = pool.checkout() {
-                match send_on(pool, sender, req, pick).await {
+            if let Some(conn) = pool.checkout() {
+                match send_on(pool, conn, &parts, &mut body, pick).await {
                     Ok(resp) => return Ok(resp),
-                    // The upstream closed this idle connection before the
-                    // request went out: hyper hands it back untouched, and
-                    // it goes once more, on a fresh connection.
-                    Err((e, back)) => match back {
-                        Some((unsent, p)) => (req, pick) = (unsent, p),
-                        None => return Err(e),
-                    },
+                    // The upstream closed this idle connection before a
+                    // byte went out: once more, on a fresh connection.
+                    Err((Failure::Unsent(_), p)) => pick = p,
+                    Err((Failure::Sent(e), _)) => return Err(e),
                 }
             }
             let connected = failover
@@ -251,103 +256,188 @@ impl UpstreamClient {
                     async move { pool.connect().await }
                 })
                 .await;
-            let (p, sender) = connected.map_err(|e| match e {
-                Unreachable::Timeout => connect_failed("connect_timeout elapsed".into()),
-                Unreachable::Failed(e) => e,
-            })?;
+            let (p, conn) = connected.map_err(unreachable)?;
             *waiting = Some(p.server().clone());
-            match send_on(&conns[p.index()], sender, req, p).await {
+            match send_on(&conns[p.index()], conn, &parts, &mut body, p).await {
                 Ok(resp) => return Ok(resp),
-                Err((e, back)) => {
-                    let Some((unsent, p)) = back else {
-                        return Err(e);
-                    };
-                    // A new connection closed before the request went out:
-                    // as good as refused.
-                    req = unsent;
+                // A new connection closed before the request went out: as
+                // good as refused.
+                Err((Failure::Unsent(e), p)) => {
                     pick = failover
                         .next(p, Outcome::ConnectFailure)
                         .ok_or_else(|| connect_failed(e.into()))?;
                 }
+                Err((Failure::Sent(e), _)) => return Err(e),
             }
         }
     }
+
+    /// A WebSocket handshake: on a connection of its own, through hyper.
+    async fn upgrade(
+        &self,
+        servers: &ServerPool,
+        conns: &[Arc<Pool>],
+        req: http::Request<RequestBody>,
+        waiting: &mut Option<Arc<Server>>,
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        let mut failover = servers.failover(self.connect_timeout);
+        let pick = failover.first();
+        *waiting = Some(pick.server().clone());
+        let connected = failover
+            .connect(pick, |p| {
+                let pool = conns[p.index()].clone();
+                async move { pool.connect_upgrade().await }
+            })
+            .await;
+        let (pick, mut sender) = connected.map_err(unreachable)?;
+        *waiting = Some(pick.server().clone());
+        let resp = sender.send_request(req).await.map_err(classify)?;
+        pick.report(Outcome::Success);
+        Ok(resp.map(|incoming| UpstreamBody {
+            inner: Inner::Hyper(incoming),
+            _pick: pick,
+        }))
+    }
 }
 
-/// What a failed send leaves: the error, and the request with its pick if
-/// nothing of it went out.
-type SendFailure = (GatewayError, Option<(http::Request<RequestBody>, Pick)>);
+fn unreachable(e: Unreachable<GatewayError>) -> GatewayError {
+    match e {
+        Unreachable::Timeout => connect_failed("connect_timeout elapsed".into()),
+        Unreachable::Failed(e) => e,
+    }
+}
 
-/// Send on `sender`; an answer proves the server alive, and the response
-/// body gives the connection back to `pool` once read to the end.
+/// Send on `conn`; an answer proves the server alive, and the response
+/// body gives the connection back to `pool` once read to the end. A
+/// failure hands back the pick, for another try when nothing was sent.
 async fn send_on(
     pool: &Arc<Pool>,
-    mut sender: SendRequest<RequestBody>,
-    req: http::Request<RequestBody>,
+    mut conn: Box<Conn>,
+    parts: &Parts,
+    body: &mut Option<RequestBody>,
     pick: Pick,
-) -> Result<Response<UpstreamBody>, SendFailure> {
-    match sender.try_send_request(req).await {
-        Ok(resp) => {
-            pick.report(Outcome::Success);
-            let pool = pool.clone();
-            Ok(resp.map(|incoming| UpstreamBody {
-                incoming,
-                connection: Some((pool, sender)),
-                ended: false,
-                _pick: pick,
-            }))
-        }
-        Err(mut e) => {
-            let unsent = e.take_message();
-            let error = classify(e.into_error());
-            Err((error, unsent.map(|r| (r, pick))))
-        }
+) -> Result<Response<UpstreamBody>, (Failure, Pick)> {
+    let (head, upload) = match conn.exchange(parts, body).await {
+        Ok(answer) => answer,
+        Err(f) => return Err((f, pick)),
+    };
+    pick.report(Outcome::Success);
+    let mut own = OwnBody {
+        conn: Some(conn),
+        decoder: BodyDecoder::new(head.framing),
+        reuse: head.reusable.then(|| pool.clone()),
+        upload: upload.map(Box::new),
+    };
+    if own.decoder.is_done() {
+        own.finish();
     }
+    let mut resp = Response::new(UpstreamBody {
+        inner: Inner::Own(own),
+        _pick: pick,
+    });
+    // The version is ours to say towards the client (RFC 9110 §6.2): an
+    // HTTP/1.0 server's answer goes to an HTTP/1.1 client as HTTP/1.1.
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    Ok(resp)
 }
 
 /// An upstream response body. Read to the end, it hands its connection
 /// back to the pool (no task per request waits for that); dropped early, the
 /// connection goes with it, since unread bytes would be the next response.
 pub struct UpstreamBody {
-    incoming: Incoming,
-    connection: Option<(Arc<Pool>, SendRequest<RequestBody>)>,
-    /// The body said it was over. A chunked body only says so by ending:
-    /// `is_end_stream` knows the end of a Content-Length body alone.
-    ended: bool,
+    inner: Inner,
     /// The server counts this exchange as in flight until the body is gone.
     _pick: Pick,
 }
 
+enum Inner {
+    Own(OwnBody),
+    /// A WebSocket handshake's answer other than 101.
+    Hyper(Incoming),
+}
+
+struct OwnBody {
+    /// Until the body ended (boxed: it moves with every response).
+    conn: Option<Box<Conn>>,
+    decoder: BodyDecoder,
+    /// Where the connection goes when the body ended, if it may be reused.
+    reuse: Option<Arc<Pool>>,
+    /// The rest of a request body the answer overtook.
+    upload: Option<Box<Upload>>,
+}
+
+impl OwnBody {
+    /// The body was read to its end: the connection back to its pool if
+    /// both messages were exact and complete and nothing is left over (a
+    /// request body still going up ends with the connection).
+    fn finish(&mut self) {
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.reuse.take())
+            && conn.is_clean()
+            && self.upload.is_none()
+        {
+            pool.park(conn);
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(upload) = self.upload.as_mut()
+            && let Poll::Ready(complete) = conn.poll_upload(cx, upload)
+        {
+            self.upload = None;
+            if !complete {
+                self.reuse = None;
+            }
+        }
+        let event = match ready!(conn.poll_event(cx, &mut self.decoder)) {
+            Ok(event) => event,
+            Err(e) => {
+                self.conn = None;
+                return Poll::Ready(Some(Err(e)));
+            }
+        };
+        if self.decoder.is_done() {
+            self.finish();
+        }
+        Poll::Ready(match event {
+            Event::Data(data) => Some(Ok(Frame::data(data))),
+            Event::Trailers(trailers) => Some(Ok(Frame::trailers(trailers))),
+            Event::End => None,
+        })
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.incoming).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.inner {
+            Inner::Own(own) => own.poll_frame(cx),
+            Inner::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map_err(BoxError::from),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.incoming.is_end_stream()
+        match &self.inner {
+            Inner::Own(own) => own.conn.is_none() || own.decoder.is_done(),
+            Inner::Hyper(incoming) => incoming.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if let Some((pool, sender)) = self.connection.take()
-            && self.is_end_stream()
-        {
-            pool.give_back(sender);
+        match &self.inner {
+            Inner::Own(own) => match own.decoder.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Inner::Hyper(incoming) => incoming.size_hint(),
         }
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod body;
 pub mod client;
+pub mod codec;
+pub mod conn;
 pub mod headers;
 pub mod tunnel;
 

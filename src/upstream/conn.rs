@@ -1,0 +1,410 @@
+//! One keep-alive HTTP/1.1 connection to a server, driven by the request
+//! that holds it: no task per connection and no channel between the request
+//! and its connection. [`Conn::exchange`] writes the request and reads the
+//! response head (watching for an early answer while the body goes up);
+//! [`Conn::poll_event`] then reads the body. The bytes are [`super::codec`]'s.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::body::{RequestBody, body_error};
+use super::codec::{self, BodyDecoder, BodyFraming, Event, Head, ProtocolError};
+use crate::balance::Stream;
+use crate::error::{BadRequest, BoxError, GatewayError, UpstreamFailure};
+
+/// A request body up to this size is copied behind the head and goes in
+/// the same write (one TLS record, one segment) instead of two.
+const COPY_BODY: usize = 16 * 1024;
+/// Read-buffer space asked for before each read.
+const READ_SPACE: usize = 16 * 1024;
+/// 1xx answers skipped before the final one; more is a broken server.
+const MAX_INFORMATIONAL: usize = 16;
+
+/// How an exchange failed: whether anything of the request went out
+/// decides whether it may go to another connection.
+#[derive(Debug)]
+pub enum Failure {
+    /// Not a byte was written: the request is intact.
+    Unsent(GatewayError),
+    Sent(GatewayError),
+}
+
+pub struct Conn {
+    io: Stream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// The request head being written (reused from request to request).
+    out: Vec<u8>,
+    /// The server closed its side.
+    eof: bool,
+}
+
+impl Conn {
+    pub fn new(io: Stream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// May this idle connection take a request? Not if the server closed
+    /// it or sent anything unasked (which would be taken for the next
+    /// answer). Never waits. Asks the socket itself (`MSG_PEEK`): tokio's
+    /// cached readiness may not have seen a FIN that already arrived.
+    pub fn idle_usable(&mut self) -> bool {
+        if self.eof || !self.buf.is_empty() {
+            return false;
+        }
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        let tcp = match &self.io {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        };
+        match socket2::SockRef::from(tcp).peek(&mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Ok(n) if n > 0 && matches!(self.io, Stream::Tls(_)) => {}
+            _ => return false,
+        }
+        // A TLS record waits: a late session ticket is fine (read, no
+        // bytes for us); a close_notify or data is not.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
+    }
+
+    /// Write the request (`parts`' head, `body` with the framing its size
+    /// calls for) and read the final response head. `body` is taken once
+    /// its first byte is due: a failure that leaves it (and says
+    /// [`Failure::Unsent`]) leaves the request intact for another
+    /// connection. An answer may come while a streamed body is still going
+    /// up (the server answers early, or streams both ways): the rest of the
+    /// body then goes with the response body ([`Upload`]).
+    pub async fn exchange(
+        &mut self,
+        parts: &Parts,
+        body: &mut Option<RequestBody>,
+    ) -> Result<(Head, Option<Upload>), Failure> {
+        let framing = body.as_ref().map_or(BodyFraming::None, body_framing);
+        self.out.clear();
+        codec::encode_head(parts, framing, &mut self.out);
+        let mut w = Upload {
+            pos: 0,
+            line: [0; 18],
+            line_pos: 0,
+            line_len: 0,
+            extra: Bytes::new(),
+            tail: b"",
+            body: None,
+            streaming: false,
+            framing,
+            remaining: match framing {
+                BodyFraming::Length(n) => n,
+                _ => 0,
+            },
+            wrote: false,
+            done: false,
+        };
+        match body.as_ref().and_then(RequestBody::full_bytes) {
+            Some(bytes) if bytes.len() <= COPY_BODY => self.out.extend_from_slice(bytes),
+            Some(bytes) => w.extra = bytes.clone(),
+            None => w.streaming = framing != BodyFraming::None,
+        }
+        let mut informational = 0;
+        std::future::poll_fn(|cx| {
+            loop {
+                // 1. An answer, complete in the buffer?
+                if !self.buf.is_empty() {
+                    match codec::parse_head(&mut self.buf, &parts.method) {
+                        Ok(Some(head)) if head.status.is_informational() => {
+                            informational += 1;
+                            if informational > MAX_INFORMATIONAL {
+                                return Poll::Ready(Err(sent(ProtocolError::Head(
+                                    httparse::Error::Status,
+                                ))));
+                            }
+                            continue;
+                        }
+                        Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Err(sent(e))),
+                    }
+                }
+                // 2. The request, as far as the socket takes it.
+                if !w.done
+                    && let Poll::Ready(Err(e)) = w.poll(cx, &mut self.io, &self.out, body)
+                {
+                    return Poll::Ready(Err(e));
+                }
+                // 3. More of the answer.
+                if self.eof {
+                    let error = if self.buf.is_empty() {
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed before the response",
+                        )
+                    } else {
+                        io::Error::new(io::ErrorKind::UnexpectedEof, ProtocolError::Incomplete)
+                    };
+                    return Poll::Ready(Err(w.failed(error)));
+                }
+                if let Err(e) = ready!(self.poll_fill(cx)) {
+                    return Poll::Ready(Err(w.failed(e)));
+                }
+            }
+        })
+        .await
+        .map(|head| (head, (!w.done).then_some(w)))
+    }
+
+    /// Go on with an upload the answer overtook. Ready(true) once all of it
+    /// went out; Ready(false) when it cannot (the server stopped reading, or
+    /// the client's body failed): the response may still be read, but the
+    /// connection is not reused.
+    pub fn poll_upload(&mut self, cx: &mut Context<'_>, upload: &mut Upload) -> Poll<bool> {
+        match ready!(upload.poll(cx, &mut self.io, &self.out, &mut None)) {
+            Ok(()) => Poll::Ready(true),
+            Err(e) => {
+                tracing::debug!(error = ?e, "upload stopped after the upstream answered");
+                Poll::Ready(false)
+            }
+        }
+    }
+
+    /// Read more into the buffer (`eof` set when the server closed).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.capacity() - self.buf.len() < READ_SPACE / 4 {
+            self.buf.reserve(READ_SPACE);
+        }
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The response body's next event, read as needed.
+    pub fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        decoder: &mut BodyDecoder,
+    ) -> Poll<Result<Event, BoxError>> {
+        loop {
+            match decoder.decode(&mut self.buf, self.eof) {
+                Ok(Some(event)) => return Poll::Ready(Ok(event)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(()) => {}
+                // A TLS server that ends a close-delimited body without
+                // close_notify: the end all the same (what clients accept).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && decoder.is_close() => {
+                    self.eof = true;
+                }
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+
+    /// Nothing is left over past the response just read: the connection
+    /// is clean for the next request.
+    pub fn is_clean(&self) -> bool {
+        self.buf.is_empty() && !self.eof
+    }
+}
+
+/// The framing a request body calls for: none when it is empty, its length
+/// when known (a body read whole, or an announced `Content-Length`),
+/// chunked otherwise.
+fn body_framing(body: &RequestBody) -> BodyFraming {
+    if body.is_end_stream() {
+        return BodyFraming::None;
+    }
+    match body.size_hint().exact() {
+        Some(n) => BodyFraming::Length(n),
+        None => BodyFraming::Chunked,
+    }
+}
+
+fn reset(e: impl Into<BoxError>) -> GatewayError {
+    GatewayError::Upstream {
+        kind: UpstreamFailure::Reset,
+        source: e.into(),
+    }
+}
+
+fn sent(e: impl Into<BoxError>) -> Failure {
+    Failure::Sent(reset(e))
+}
+
+/// The request on its way out: what is left of the head buffer, then a
+/// chunk-size `line`, then `extra` (a body, or a chunk's data), then `tail`
+/// (a chunk's CRLF, or the last chunk), then the next frame of a streamed
+/// body.
+pub struct Upload {
+    /// Written so far of the head buffer.
+    pos: usize,
+    line: [u8; 18],
+    line_pos: usize,
+    line_len: usize,
+    extra: Bytes,
+    tail: &'static [u8],
+    /// The client's body, streaming (taken when its first byte is due).
+    body: Option<RequestBody>,
+    /// A streamed body is still to come.
+    streaming: bool,
+    framing: BodyFraming,
+    /// Of a streamed body with a `Content-Length`: bytes still due.
+    remaining: u64,
+    /// A byte went out: the request may no longer go elsewhere.
+    wrote: bool,
+    /// All of it went out and was flushed.
+    done: bool,
+}
+
+impl Upload {
+    /// Write until done or the socket (or the client's body) makes us
+    /// wait. `source` holds the streamed body until it is due.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Stream,
+        head: &[u8],
+        source: &mut Option<RequestBody>,
+    ) -> Poll<Result<(), Failure>> {
+        loop {
+            let pending = [
+                &head[self.pos.min(head.len())..],
+                &self.line[self.line_pos..self.line_len],
+                &self.extra,
+                self.tail,
+            ];
+            if pending.iter().any(|p| !p.is_empty()) {
+                let slices = pending.map(io::IoSlice::new);
+                let n = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+                    Ok(0) => return Poll::Ready(Err(self.failed(io::ErrorKind::WriteZero.into()))),
+                    Ok(n) => n,
+                    Err(e) => return Poll::Ready(Err(self.failed(e))),
+                };
+                self.wrote = true;
+                self.advance(n, head.len());
+                continue;
+            }
+            if self.streaming && self.body.is_none() {
+                self.body = source.take();
+                if self.body.is_none() {
+                    return Poll::Ready(Err(Failure::Sent(GatewayError::Internal(
+                        "request body gone before it was sent".into(),
+                    ))));
+                }
+            }
+            let Some(body) = self.body.as_mut() else {
+                return match ready!(Pin::new(&mut *io).poll_flush(cx)) {
+                    Ok(()) => {
+                        self.done = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(e) => Poll::Ready(Err(self.failed(e))),
+                };
+            };
+            let frame = match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => {
+                    // Waiting for the client: what is written must reach
+                    // the server meanwhile.
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut *io).poll_flush(cx) {
+                        return Poll::Ready(Err(self.failed(e)));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(frame) => frame,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // request trailers are not forwarded
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    match self.framing {
+                        BodyFraming::Chunked => {
+                            self.set_line(data.len());
+                            self.tail = b"\r\n";
+                        }
+                        _ if data.len() as u64 > self.remaining => {
+                            return Poll::Ready(Err(Failure::Sent(GatewayError::BadRequest(
+                                BadRequest::Framing,
+                            ))));
+                        }
+                        _ => self.remaining -= data.len() as u64,
+                    }
+                    self.extra = data;
+                }
+                Some(Err(e)) => {
+                    self.body = None;
+                    self.streaming = false;
+                    return Poll::Ready(Err(Failure::Sent(body_error(e))));
+                }
+                None => {
+                    self.body = None;
+                    self.streaming = false;
+                    match self.framing {
+                        BodyFraming::Chunked => self.tail = b"0\r\n\r\n",
+                        _ if self.remaining > 0 => {
+                            return Poll::Ready(Err(Failure::Sent(GatewayError::BadRequest(
+                                BadRequest::Framing,
+                            ))));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next chunk's size line: hex digits and CRLF.
+    fn set_line(&mut self, size: usize) {
+        let digits = format!("{size:X}\r\n");
+        let digits = digits.as_bytes();
+        self.line[..digits.len()].copy_from_slice(digits);
+        self.line_pos = 0;
+        self.line_len = digits.len();
+    }
+
+    /// `n` more bytes went out.
+    fn advance(&mut self, mut n: usize, head_len: usize) {
+        let from_head = n.min(head_len.saturating_sub(self.pos));
+        self.pos += from_head;
+        n -= from_head;
+        let from_line = n.min(self.line_len - self.line_pos);
+        self.line_pos += from_line;
+        n -= from_line;
+        let from_extra = n.min(self.extra.len());
+        bytes::Buf::advance(&mut self.extra, from_extra);
+        n -= from_extra;
+        self.tail = &self.tail[n.min(self.tail.len())..];
+    }
+
+    fn failed(&self, e: io::Error) -> Failure {
+        if self.wrote {
+            sent(e)
+        } else {
+            Failure::Unsent(reset(e))
+        }
+    }
+}
