@@ -124,23 +124,21 @@ pub async fn run(
     let websocket = upstream::is_websocket_upgrade(parts.version, &parts.headers);
     // The upgrade future must be taken before the request is consumed.
     let client_upgrade = websocket.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-    upstream::rewrite_request(
-        &mut parts,
-        &Forwarding {
-            client_ip: ctx.client_ip,
-            // The usual case (no trusted proxy in front): made once per connection.
-            client_ip_header: (ctx.client_ip == conn.peer.ip()).then_some(&conn.peer_header),
-            proto: if conn.tls.is_some() { "https" } else { "http" },
-            host: &host,
-            request_id: &ctx.request_id,
-            tenant: &tenant.tenant.header,
-            key_id: key.map(|k| &k.key.header),
-            // The tenant's Twenty token only for requests with a gateway
-            // key: on open routes it would be Twenty's key for anyone.
-            authorization: key.and(tenant.tenant.upstream_authorization.as_ref()),
-            websocket,
-        },
-    )?;
+    let forwarding = Forwarding {
+        client_ip: ctx.client_ip,
+        // The usual case (no trusted proxy in front): made once per connection.
+        client_ip_header: (ctx.client_ip == conn.peer.ip()).then_some(&conn.peer_header),
+        proto: if conn.tls.is_some() { "https" } else { "http" },
+        host: &host,
+        request_id: &ctx.request_id,
+        tenant: &tenant.tenant.header,
+        key_id: key.map(|k| &k.key.header),
+        // The tenant's Twenty token only for requests with a gateway
+        // key: on open routes it would be Twenty's key for anyone.
+        authorization: key.and(tenant.tenant.upstream_authorization.as_ref()),
+        websocket,
+    };
+    let added = upstream::rewrite_request(&mut parts, &forwarding)?;
     let upstream_req = Request::from_parts(parts, body);
     // Which server (balancing, health, failover of what was never sent)
     // is the client's business, below.
@@ -151,6 +149,7 @@ pub async fn run(
         .send(
             &route.target,
             upstream_req,
+            &added,
             snap.config.limits.upstream_timeout,
         )
         .await;

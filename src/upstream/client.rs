@@ -27,6 +27,7 @@ use super::Target;
 use super::body::{RequestBody, classify};
 use super::codec::{BodyDecoder, Event};
 use super::conn::{Conn, Failure, Upload};
+use super::headers::Added;
 use crate::balance::{
     self, Outcome, Pick, Scheme, Server, ServerPool, ServerUrl, TlsClient, Unreachable,
 };
@@ -196,7 +197,8 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         target: &Target,
-        req: http::Request<RequestBody>,
+        mut req: http::Request<RequestBody>,
+        added: &Added<'_>,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let Some(servers) = &target.servers else {
@@ -206,10 +208,11 @@ impl UpstreamClient {
         let mut waiting = None;
         // `rewrite_request` keeps `Upgrade` for WebSocket handshakes only.
         let result = if req.headers().contains_key(UPGRADE) {
+            added.insert_into(req.headers_mut());
             let exchange = self.upgrade(servers, &target.conns, req, &mut waiting);
             tokio::time::timeout(timeout, exchange).await
         } else {
-            let exchange = self.exchange(servers, &target.conns, req, &mut waiting);
+            let exchange = self.exchange(servers, &target.conns, req, added, &mut waiting);
             tokio::time::timeout(timeout, exchange).await
         };
         match result {
@@ -232,9 +235,11 @@ impl UpstreamClient {
         servers: &ServerPool,
         conns: &[Arc<Pool>],
         req: http::Request<RequestBody>,
+        added: &Added<'_>,
         waiting: &mut Option<Arc<Server>>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let (parts, body) = req.into_parts();
+        let head = (&parts, added);
         let mut body = Some(body);
         let mut failover = servers.failover(self.connect_timeout);
         let mut pick = failover.first();
@@ -242,7 +247,7 @@ impl UpstreamClient {
             *waiting = Some(pick.server().clone());
             let pool = &conns[pick.index()];
             if let Some(conn) = pool.checkout() {
-                match send_on(pool, conn, &parts, &mut body, pick).await {
+                match send_on(pool, conn, head, &mut body, pick).await {
                     Ok(resp) => return Ok(resp),
                     // The upstream closed this idle connection before a
                     // byte went out: once more, on a fresh connection.
@@ -258,7 +263,7 @@ impl UpstreamClient {
                 .await;
             let (p, conn) = connected.map_err(unreachable)?;
             *waiting = Some(p.server().clone());
-            match send_on(&conns[p.index()], conn, &parts, &mut body, p).await {
+            match send_on(&conns[p.index()], conn, head, &mut body, p).await {
                 Ok(resp) => return Ok(resp),
                 // A new connection closed before the request went out: as
                 // good as refused.
@@ -313,11 +318,11 @@ fn unreachable(e: Unreachable<GatewayError>) -> GatewayError {
 async fn send_on(
     pool: &Arc<Pool>,
     mut conn: Box<Conn>,
-    parts: &Parts,
+    (parts, added): (&Parts, &Added<'_>),
     body: &mut Option<RequestBody>,
     pick: Pick,
 ) -> Result<Response<UpstreamBody>, (Failure, Pick)> {
-    let (head, upload) = match conn.exchange(parts, body).await {
+    let (head, upload) = match conn.exchange(parts, added, body).await {
         Ok(answer) => answer,
         Err(f) => return Err((f, pick)),
     };

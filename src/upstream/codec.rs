@@ -10,6 +10,8 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
+use super::headers::Added;
+
 /// A response head (status line and headers) larger than this is refused.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Header lines in one response head (or its trailers).
@@ -57,25 +59,29 @@ pub enum BodyFraming {
 }
 
 /// Write the request line and headers of `parts` (already rewritten for
-/// the upstream: origin form, hop-by-hop headers gone) with `framing`'s
-/// header, which replaces any `Content-Length` or `Transfer-Encoding` the
-/// head carried.
-pub fn encode_head(parts: &Parts, framing: BodyFraming, out: &mut Vec<u8>) {
+/// the upstream: origin form, hop-by-hop headers gone), then the gateway's
+/// `added` fields, then `framing`'s header, which replaces any
+/// `Content-Length` or `Transfer-Encoding` the head carried.
+pub fn encode_head(parts: &Parts, added: &Added<'_>, framing: BodyFraming, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut field = |name: &HeaderName, value: &HeaderValue| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    };
     let replace = framing != BodyFraming::None;
     for (name, value) in &parts.headers {
         if name == TRANSFER_ENCODING || (replace && name == CONTENT_LENGTH) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field(name, value);
     }
+    added.for_each(field);
     match framing {
         BodyFraming::None => {}
         BodyFraming::Length(n) => {
@@ -115,11 +121,28 @@ pub struct Head {
 /// no body whatever it says). A 101 is an error: upgrades do not take
 /// this way (they go through hyper, see [`super::client`]).
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
+    // Room for the usual head on the stack; a head with more fields is
+    // parsed again with room for the most we take.
+    match parse_with::<USUAL_HEADERS>(buf, method) {
+        Err(ProtocolError::HeadTooLarge) if buf.len() < MAX_HEAD => {
+            parse_with::<MAX_HEADERS>(buf, method)
+        }
+        parsed => parsed,
+    }
+}
+
+/// Header fields most answers stay within.
+const USUAL_HEADERS: usize = 24;
+
+fn parse_with<const N: usize>(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<Head>, ProtocolError> {
     // Where each name and value sits in the head, so that values become
     // slices of one shared buffer instead of copies.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); N];
     let (len, code, minor, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; N];
         let mut resp = httparse::Response::new(&mut headers);
         let len = match resp.parse(buf) {
             Ok(httparse::Status::Complete(len)) => len,
@@ -155,7 +178,9 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the gateway adds to the answer (request id, rate
+    // limits) without growing the map.
+    let mut headers = HeaderMap::with_capacity(count + 3);
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| ProtocolError::Header)?;

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::{RequestBody, body_error};
 use super::codec::{self, BodyDecoder, BodyFraming, Event, Head, ProtocolError};
+use super::headers::Added;
 use crate::balance::Stream;
 use crate::error::{BadRequest, BoxError, GatewayError, UpstreamFailure};
 
@@ -83,7 +84,7 @@ impl Conn {
             .is_pending()
     }
 
-    /// Write the request (`parts`' head, `body` with the framing its size
+    /// Write the request (`parts`' head and the `added` fields, `body` with the framing its size
     /// calls for) and read the final response head. `body` is taken once
     /// its first byte is due: a failure that leaves it (and says
     /// [`Failure::Unsent`]) leaves the request intact for another
@@ -93,11 +94,12 @@ impl Conn {
     pub async fn exchange(
         &mut self,
         parts: &Parts,
+        added: &Added<'_>,
         body: &mut Option<RequestBody>,
     ) -> Result<(Head, Option<Upload>), Failure> {
         let framing = body.as_ref().map_or(BodyFraming::None, body_framing);
         self.out.clear();
-        codec::encode_head(parts, framing, &mut self.out);
+        codec::encode_head(parts, added, framing, &mut self.out);
         let mut w = Upload {
             pos: 0,
             line: [0; 18],

@@ -57,6 +57,11 @@ struct Seen {
     gateway: bool,
     forwarded_for: bool,
     host: bool,
+    /// Client copies of fields the gateway sets itself.
+    forwarded_proto: bool,
+    forwarded_host: bool,
+    request_id: bool,
+    authorization: bool,
 }
 
 impl Seen {
@@ -73,6 +78,14 @@ impl Seen {
                 seen.expect = true;
             } else if name == X_FORWARDED_FOR {
                 seen.forwarded_for = true;
+            } else if name == X_FORWARDED_PROTO {
+                seen.forwarded_proto = true;
+            } else if name == X_FORWARDED_HOST {
+                seen.forwarded_host = true;
+            } else if name == X_REQUEST_ID {
+                seen.request_id = true;
+            } else if name == AUTHORIZATION {
+                seen.authorization = true;
             } else {
                 let name = name.as_str();
                 seen.proxy |= name.starts_with("proxy-");
@@ -181,8 +194,53 @@ pub struct Forwarding<'a> {
     pub websocket: bool,
 }
 
-/// Turn the client's request head into the upstream's.
-pub fn rewrite_request(parts: &mut Parts, f: &Forwarding<'_>) -> Result<(), GatewayError> {
+/// The fields the gateway adds to a forwarded request. They are not put
+/// into the head's map (seven hashed inserts, and usually a regrowth of the
+/// map, per request): the upstream codec writes them after the client's
+/// own fields, whose copies of them [`rewrite_request`] removed.
+pub struct Added<'a> {
+    forwarded_for: HeaderValue,
+    proto: HeaderValue,
+    f: &'a Forwarding<'a>,
+    /// The head has no `Host` (an HTTP/2 client's): the gateway adds one.
+    host: bool,
+}
+
+impl Added<'_> {
+    /// Each added field, in the order they go out.
+    pub fn for_each(&self, mut field: impl FnMut(&HeaderName, &HeaderValue)) {
+        let f = self.f;
+        if self.host {
+            field(&HOST, f.host);
+        }
+        field(&X_FORWARDED_FOR, &self.forwarded_for);
+        field(&X_FORWARDED_PROTO, &self.proto);
+        field(&X_FORWARDED_HOST, f.host);
+        field(&X_REQUEST_ID, f.request_id);
+        field(&X_GATEWAY_TENANT, f.tenant);
+        if let Some(id) = f.key_id {
+            field(&X_GATEWAY_KEY_ID, id);
+        }
+        if let Some(auth) = f.authorization {
+            field(&AUTHORIZATION, auth);
+        }
+    }
+
+    /// Into the head's map (for hyper's client, which carries WebSocket
+    /// handshakes).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        self.for_each(|name, value| {
+            headers.insert(name.clone(), value.clone());
+        });
+    }
+}
+
+/// Turn the client's request head into the upstream's, but for the fields
+/// the gateway adds: those are returned, to be written after it.
+pub fn rewrite_request<'a>(
+    parts: &mut Parts,
+    f: &'a Forwarding<'a>,
+) -> Result<Added<'a>, GatewayError> {
     let h = &mut parts.headers;
     let seen = Seen::scan(h);
     strip(h, f.websocket, &seen);
@@ -195,8 +253,23 @@ pub fn rewrite_request(parts: &mut Parts, f: &Forwarding<'_>) -> Result<(), Gate
     if seen.gateway {
         remove_prefixed(h, GATEWAY_PREFIX);
     }
+    // The client's copies of what the gateway sets go (each looked up only
+    // when the scan saw it).
+    for (present, name) in [
+        (seen.forwarded_proto, &X_FORWARDED_PROTO),
+        (seen.forwarded_host, &X_FORWARDED_HOST),
+        (seen.request_id, &X_REQUEST_ID),
+        (
+            seen.authorization && f.authorization.is_some(),
+            &AUTHORIZATION,
+        ),
+    ] {
+        if present {
+            h.remove(name);
+        }
+    }
 
-    let xff = match (seen.forwarded_for, f.client_ip_header) {
+    let forwarded_for = match (seen.forwarded_for, f.client_ip_header) {
         (false, Some(ip)) => ip.clone(),
         _ => {
             let mut xff = String::new();
@@ -211,24 +284,12 @@ pub fn rewrite_request(parts: &mut Parts, f: &Forwarding<'_>) -> Result<(), Gate
             }
             use std::fmt::Write;
             let _ = write!(xff, "{}", f.client_ip);
+            if seen.forwarded_for {
+                h.remove(&X_FORWARDED_FOR);
+            }
             HeaderValue::try_from(xff).map_err(|e| GatewayError::Internal(e.into()))?
         }
     };
-    h.insert(X_FORWARDED_FOR.clone(), xff);
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.proto));
-    h.insert(X_FORWARDED_HOST.clone(), f.host.clone());
-    h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
-    h.insert(X_GATEWAY_TENANT.clone(), f.tenant.clone());
-    if let Some(id) = f.key_id {
-        h.insert(X_GATEWAY_KEY_ID.clone(), id.clone());
-    }
-    if let Some(auth) = f.authorization {
-        h.insert(AUTHORIZATION, auth.clone());
-    }
-    // HTTP/2 carries the host in :authority; Twenty (HTTP/1.1) needs Host.
-    if !seen.host {
-        h.insert(HOST, f.host.clone());
-    }
 
     // Origin form: the connection already goes to the upstream, and the path
     // and query go byte for byte.
@@ -239,7 +300,13 @@ pub fn rewrite_request(parts: &mut Parts, f: &Forwarding<'_>) -> Result<(), Gate
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
-    Ok(())
+    Ok(Added {
+        forwarded_for,
+        proto: HeaderValue::from_static(f.proto),
+        f,
+        // HTTP/2 carries the host in :authority; Twenty (HTTP/1.1) needs Host.
+        host: !seen.host,
+    })
 }
 
 /// Clean the upstream's response head before it goes to the client.
@@ -325,7 +392,8 @@ mod tests {
                 authorization: None,
                 websocket: false,
             };
-            rewrite_request(&mut parts, &f).unwrap();
+            let added = rewrite_request(&mut parts, &f).unwrap();
+            added.insert_into(&mut parts.headers);
             parts
         };
         let parts = forwarded(
