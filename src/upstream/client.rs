@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use super::Target;
 use super::body::{RequestBody, classify};
 use super::codec::{BodyDecoder, Event};
-use super::conn::{Conn, Failure, Upload};
+use super::conn::{Conn, Failure};
 use super::headers::Added;
 use crate::balance::{
     self, Outcome, Pick, Scheme, Server, ServerPool, ServerUrl, TlsClient, Unreachable,
@@ -286,22 +286,39 @@ impl UpstreamClient {
         waiting: &mut Option<Arc<Server>>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let mut failover = servers.failover(self.connect_timeout);
-        let pick = failover.first();
-        *waiting = Some(pick.server().clone());
-        let connected = failover
-            .connect(pick, |p| {
-                let pool = conns[p.index()].clone();
-                async move { pool.connect_upgrade().await }
-            })
-            .await;
-        let (pick, mut sender) = connected.map_err(unreachable)?;
-        *waiting = Some(pick.server().clone());
-        let resp = sender.send_request(req).await.map_err(classify)?;
-        pick.report(Outcome::Success);
-        Ok(resp.map(|incoming| UpstreamBody {
-            inner: Inner::Hyper(incoming),
-            _pick: pick,
-        }))
+        let mut pick = failover.first();
+        let mut req = req;
+        loop {
+            *waiting = Some(pick.server().clone());
+            let connected = failover
+                .connect(pick, |p| {
+                    let pool = conns[p.index()].clone();
+                    async move { pool.connect_upgrade().await }
+                })
+                .await;
+            let (p, mut sender) = connected.map_err(unreachable)?;
+            *waiting = Some(p.server().clone());
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    p.report(Outcome::Success);
+                    return Ok(resp.map(|incoming| UpstreamBody {
+                        inner: Inner::Hyper(incoming),
+                        _pick: p,
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Closed before the handshake went out: as good as
+                    // refused, another server.
+                    Some(unsent) => {
+                        req = unsent;
+                        pick = failover
+                            .next(p, Outcome::ConnectFailure)
+                            .ok_or_else(|| classify(e.into_error()))?;
+                    }
+                    None => return Err(classify(e.into_error())),
+                },
+            }
+        }
     }
 }
 
@@ -327,11 +344,13 @@ async fn send_on(
         Err(f) => return Err((f, pick)),
     };
     pick.report(Outcome::Success);
+    if let Some(upload) = upload {
+        conn.spawn_upload(upload);
+    }
     let mut own = OwnBody {
         conn: Some(conn),
         decoder: BodyDecoder::new(head.framing),
         reuse: head.reusable.then(|| pool.clone()),
-        upload: upload.map(Box::new),
     };
     if own.decoder.is_done() {
         own.finish();
@@ -368,8 +387,6 @@ struct OwnBody {
     decoder: BodyDecoder,
     /// Where the connection goes when the body ended, if it may be reused.
     reuse: Option<Arc<Pool>>,
-    /// The rest of a request body the answer overtook.
-    upload: Option<Box<Upload>>,
 }
 
 impl OwnBody {
@@ -379,7 +396,6 @@ impl OwnBody {
     fn finish(&mut self) {
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.reuse.take())
             && conn.is_clean()
-            && self.upload.is_none()
         {
             pool.park(conn);
         }
@@ -389,14 +405,6 @@ impl OwnBody {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Some(upload) = self.upload.as_mut()
-            && let Poll::Ready(complete) = conn.poll_upload(cx, upload)
-        {
-            self.upload = None;
-            if !complete {
-                self.reuse = None;
-            }
-        }
         let event = match ready!(conn.poll_event(cx, &mut self.decoder)) {
             Ok(event) => event,
             Err(e) => {

@@ -60,7 +60,7 @@ pub enum BodyFraming {
 
 /// Write the request line and headers of `parts` (already rewritten for
 /// the upstream: origin form, hop-by-hop headers gone), then the gateway's
-/// `added` fields, then `framing`'s header, which replaces any
+/// `added` fields, then `framing`'s field, which replaces any
 /// `Content-Length` or `Transfer-Encoding` the head carried.
 pub fn encode_head(parts: &Parts, added: &Added<'_>, framing: BodyFraming, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -74,15 +74,19 @@ pub fn encode_head(parts: &Parts, added: &Added<'_>, framing: BodyFraming, out: 
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     };
-    let replace = framing != BodyFraming::None;
+    let mut announced = false;
     for (name, value) in &parts.headers {
-        if name == TRANSFER_ENCODING || (replace && name == CONTENT_LENGTH) {
-            continue;
+        if name == CONTENT_LENGTH {
+            announced = true;
+        } else if name != TRANSFER_ENCODING {
+            field(name, value);
         }
-        field(name, value);
     }
     added.for_each(field);
     match framing {
+        // The client's own `Content-Length: 0` (as one field, however many
+        // it sent: a server may refuse duplicates).
+        BodyFraming::None if announced => out.extend_from_slice(b"content-length: 0\r\n"),
         BodyFraming::None => {}
         BodyFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");

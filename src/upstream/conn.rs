@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker, ready};
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
 
 use super::body::{RequestBody, body_error};
 use super::codec::{self, BodyDecoder, BodyFraming, Event, Head, ProtocolError};
@@ -24,6 +24,9 @@ use crate::error::{BadRequest, BoxError, GatewayError, UpstreamFailure};
 const COPY_BODY: usize = 16 * 1024;
 /// Read-buffer space asked for before each read.
 const READ_SPACE: usize = 16 * 1024;
+/// How long an upload the answer overtook may go on after the response
+/// ended (the gateway's lingering close towards clients waits as long).
+const UPLOAD_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// 1xx answers skipped before the final one; more is a broken server.
 const MAX_INFORMATIONAL: usize = 16;
 
@@ -37,22 +40,57 @@ pub enum Failure {
 }
 
 pub struct Conn {
-    io: Stream,
+    io: Io,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
     /// The request head being written (reused from request to request).
     out: Vec<u8>,
     /// The server closed its side.
     eof: bool,
+    /// The rest of a request body the answer overtook goes up in a task of
+    /// its own; dropped with the connection, this tells it the response
+    /// is over.
+    upload: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The connection's stream: whole, or only its reading half while an
+/// upload task holds the other.
+enum Io {
+    Whole(Stream),
+    Read(ReadHalf<Stream>),
+    Gone,
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Whole(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Read(r) => Pin::new(r).poll_read(cx, buf),
+            Io::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+/// A stream that is not whole any more cannot take a request.
+fn split_off() -> Failure {
+    Failure::Unsent(reset(io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection is split",
+    )))
 }
 
 impl Conn {
     pub fn new(io: Stream) -> Self {
         Conn {
-            io,
+            io: Io::Whole(io),
             buf: BytesMut::new(),
             out: Vec::new(),
             eof: false,
+            upload: None,
         }
     }
 
@@ -65,17 +103,21 @@ impl Conn {
             return false;
         }
         let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-        let tcp = match &self.io {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
+        let (tcp, tls) = match &self.io {
+            Io::Whole(Stream::Plain(tcp)) => (tcp, false),
+            Io::Whole(Stream::Tls(tls)) => (tls.get_ref().0, true),
+            _ => return false,
         };
         match socket2::SockRef::from(tcp).peek(&mut byte) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Ok(n) if n > 0 && matches!(self.io, Stream::Tls(_)) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !tls => return true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(n) if n > 0 && tls => {}
             _ => return false,
         }
-        // A TLS record waits: a late session ticket is fine (read, no
-        // bytes for us); a close_notify or data is not.
+        // TLS: rustls may hold plaintext (or an error) it already took off
+        // the socket, and a record may wait in the socket: read through it.
+        // A late session ticket yields nothing (Pending: fine); a
+        // close_notify, data or an error does not.
         let mut cx = Context::from_waker(Waker::noop());
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
@@ -123,7 +165,11 @@ impl Conn {
             None => w.streaming = framing != BodyFraming::None,
         }
         let mut informational = 0;
-        std::future::poll_fn(|cx| {
+        // A write that failed after bytes went out: the answer may be in
+        // the socket already (a 413 sent before the server stopped
+        // reading), so reading goes on; this is the error if none comes.
+        let mut write_failed = None;
+        let mut head = std::future::poll_fn(|cx| {
             loop {
                 // 1. An answer, complete in the buffer?
                 if !self.buf.is_empty() {
@@ -143,44 +189,84 @@ impl Conn {
                     }
                 }
                 // 2. The request, as far as the socket takes it.
-                if !w.done
-                    && let Poll::Ready(Err(e)) = w.poll(cx, &mut self.io, &self.out, body)
-                {
-                    return Poll::Ready(Err(e));
+                if !w.done && write_failed.is_none() {
+                    let Io::Whole(stream) = &mut self.io else {
+                        return Poll::Ready(Err(split_off()));
+                    };
+                    match w.poll(cx, stream, &self.out, body) {
+                        // The socket failed after bytes went out: listen on.
+                        Poll::Ready(Err(Failure::Sent(e @ GatewayError::Upstream { .. }))) => {
+                            write_failed = Some(Failure::Sent(e));
+                        }
+                        // Unsent (another connection may take it), or the
+                        // client's body failed (413, 400): over now.
+                        Poll::Ready(Err(f)) => return Poll::Ready(Err(f)),
+                        _ => {}
+                    }
                 }
                 // 3. More of the answer.
-                if self.eof {
-                    let error = if self.buf.is_empty() {
+                let read = if self.eof {
+                    Err(if self.buf.is_empty() {
                         io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "connection closed before the response",
                         )
                     } else {
                         io::Error::new(io::ErrorKind::UnexpectedEof, ProtocolError::Incomplete)
-                    };
-                    return Poll::Ready(Err(w.failed(error)));
-                }
-                if let Err(e) = ready!(self.poll_fill(cx)) {
-                    return Poll::Ready(Err(w.failed(e)));
+                    })
+                } else {
+                    ready!(self.poll_fill(cx))
+                };
+                if let Err(e) = read {
+                    return Poll::Ready(Err(write_failed.take().unwrap_or_else(|| w.failed(e))));
                 }
             }
         })
-        .await
-        .map(|head| (head, (!w.done).then_some(w)))
+        .await?;
+        // An answer to a request that did not wholly go out: the server and
+        // the gateway may disagree on where the next message starts.
+        if !w.done {
+            head.reusable = false;
+        }
+        let pending = !w.done && write_failed.is_none();
+        if pending && w.streaming && w.body.is_none() {
+            // The answer came before the body's first byte was due.
+            w.body = body.take();
+        }
+        Ok((head, pending.then_some(w)))
     }
 
-    /// Go on with an upload the answer overtook. Ready(true) once all of it
-    /// went out; Ready(false) when it cannot (the server stopped reading, or
-    /// the client's body failed): the response may still be read, but the
-    /// connection is not reused.
-    pub fn poll_upload(&mut self, cx: &mut Context<'_>, upload: &mut Upload) -> Poll<bool> {
-        match ready!(upload.poll(cx, &mut self.io, &self.out, &mut None)) {
-            Ok(()) => Poll::Ready(true),
-            Err(e) => {
-                tracing::debug!(error = ?e, "upload stopped after the upstream answered");
-                Poll::Ready(false)
+    /// Go on with an upload the answer overtook, in a task of its own: the
+    /// response body is read when the client wants it, the upload must not
+    /// wait for that (a server that answers while it reads would stall).
+    /// The task ends with the upload, or [`UPLOAD_LINGER`] after the
+    /// connection goes.
+    pub fn spawn_upload(&mut self, mut upload: Upload) {
+        let Io::Whole(stream) = std::mem::replace(&mut self.io, Io::Gone) else {
+            return;
+        };
+        let (read, mut write) = tokio::io::split(stream);
+        self.io = Io::Read(read);
+        let out = std::mem::take(&mut self.out);
+        let (ended, response_ended) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let upload = std::future::poll_fn(|cx| upload.poll(cx, &mut write, &out, &mut None));
+            // Once the response is over (the connection dropped), the rest
+            // of the body still gets UPLOAD_LINGER to go up: the client's
+            // connection stays usable only if its body was read to the end,
+            // and a server that answers early usually reads on.
+            let linger = async {
+                let _ = response_ended.await;
+                tokio::time::sleep(UPLOAD_LINGER).await;
+            };
+            tokio::select! {
+                sent = upload => if let Err(e) = sent {
+                    tracing::debug!(error = ?e, "upload stopped after the upstream answered");
+                },
+                () = linger => tracing::debug!("upload cut: the response ended before it"),
             }
-        }
+        });
+        self.upload = Some(ended);
     }
 
     /// Read more into the buffer (`eof` set when the server closed).
@@ -285,7 +371,7 @@ impl Upload {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut Stream,
+        io: &mut (impl AsyncWrite + Unpin),
         head: &[u8],
         source: &mut Option<RequestBody>,
     ) -> Poll<Result<(), Failure>> {
