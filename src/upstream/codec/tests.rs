@@ -348,8 +348,16 @@ fn chunked(data: &[u8], sizes: &[usize], upper: bool, ext: bool) -> Vec<u8> {
     out
 }
 
+/// 512 cases per property in `cargo test`; `PROPTEST_CASES=N` for a longer campaign.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// Any bytes: no panic, and never a head that claims more than it
     /// consumed.
