@@ -169,12 +169,20 @@ impl Conn {
         // the socket already (a 413 sent before the server stopped
         // reading), so reading goes on; this is the error if none comes.
         let mut write_failed = None;
+        // Bytes of the buffer known to hold no complete head: a head ends
+        // with a line feed, so it is parsed again only when one arrived
+        // (a head trickling in byte by byte is parsed once per line, not
+        // once per byte), or when the buffer reached the head's limit.
+        let mut scanned = 0;
         let mut head = std::future::poll_fn(|cx| {
             loop {
                 // 1. An answer, complete in the buffer?
-                if !self.buf.is_empty() {
+                if self.buf[scanned.min(self.buf.len())..].contains(&b'\n')
+                    || self.buf.len() >= codec::MAX_HEAD
+                {
                     match codec::parse_head(&mut self.buf, &parts.method) {
                         Ok(Some(head)) if head.status.is_informational() => {
+                            scanned = 0;
                             informational += 1;
                             if informational > MAX_INFORMATIONAL {
                                 return Poll::Ready(Err(sent(ProtocolError::Head(
@@ -184,7 +192,7 @@ impl Conn {
                             continue;
                         }
                         Ok(Some(head)) => return Poll::Ready(Ok(head)),
-                        Ok(None) => {}
+                        Ok(None) => scanned = self.buf.len(),
                         Err(e) => return Poll::Ready(Err(sent(e))),
                     }
                 }
