@@ -2259,3 +2259,27 @@ async fn upload_goes_on_while_the_client_has_not_read_the_answer_yet(h2: bool) {
     assert_eq!(a.status, 200, "{:?}", a.error);
     assert_eq!(a.body.len(), ANSWER, "{:?}", a.error);
 }
+
+/// A pooled connection idle for longer than the gateway's idle timeout (4 s: below the 5 s
+/// after which Node, Twenty's server, closes an idle keep-alive connection) is not used
+/// again: the request after a longer pause goes on a new connection, so it never races the
+/// server's close (it would be sent, so never replayed: a 502). The pause is the test's input,
+/// not a synchronisation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_past_the_timeout_is_not_reused() {
+    let up = Script::spawn(ok).await;
+    let gw = gateway(&up).await;
+    let mut c = gw.conn(false, "acme.gw.test").await;
+    assert_ok_answer(&get(&mut c, "/rest/first").await, "/rest/first");
+    assert_ok_answer(&get(&mut c, "/rest/soon").await, "/rest/soon");
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert_ok_answer(&get(&mut c, "/rest/later").await, "/rest/later");
+    let first = up.req("/rest/first").await.conn;
+    assert_eq!(up.req("/rest/soon").await.conn, first, "reused while fresh");
+    assert_ne!(
+        up.req("/rest/later").await.conn,
+        first,
+        "not after the idle timeout"
+    );
+    up.gateway_closed(first).await;
+}

@@ -35,8 +35,11 @@ use crate::error::{BoxError, GatewayError, UpstreamFailure};
 
 /// Idle keep-alive connections kept per server; more are closed.
 const MAX_IDLE_PER_SERVER: usize = 1024;
-/// An idle pooled connection is closed after this long unused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// An idle pooled connection is not used again after this long, and closed
+/// by the upkeep: below the 5 s after which Node (Twenty's server) closes
+/// an idle keep-alive connection itself, so that a request never races that
+/// close (it would be sent, and so never replayed: a 502).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Which servers' connections are interchangeable: same scheme and
 /// address, and for `https` the same trusted roots (a connection verified
@@ -59,11 +62,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// An idle connection still open, newest first; closed ones are dropped.
+    /// An idle connection still open and idle for less than
+    /// [`IDLE_TIMEOUT`], newest first; others are dropped.
     fn checkout(&self) -> Option<Box<Conn>> {
+        let now = Instant::now();
         loop {
-            let mut conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?.1;
-            if conn.idle_usable() {
+            let (since, mut conn) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if now.duration_since(since) < IDLE_TIMEOUT && conn.idle_usable() {
                 return Some(conn);
             }
         }
