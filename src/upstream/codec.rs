@@ -10,7 +10,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
-use super::headers::Added;
+use super::headers::{Added, has_token};
 
 /// A response head (status line and headers) larger than this is refused.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -113,7 +113,6 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    pub version: Version,
     pub headers: HeaderMap,
     pub framing: Framing,
     /// The connection may carry another request once this response ended.
@@ -201,10 +200,9 @@ fn parse_with<const N: usize>(
     let reusable = exact
         && version == Version::HTTP_11
         && framing != Framing::Close
-        && !connection_has(&headers, "close");
+        && !has_token(&headers, &CONNECTION, "close");
     Ok(Some(Head {
         status,
-        version,
         headers,
         framing,
         reusable,
@@ -291,14 +289,6 @@ fn decimal(s: &[u8]) -> Option<u64> {
     s.iter().try_fold(0u64, |n, &b| {
         let d = b.checked_sub(b'0').filter(|d| *d < 10)?;
         n.checked_mul(10)?.checked_add(u64::from(d))
-    })
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
 }
 

@@ -17,11 +17,13 @@ use crate::base::headers::{
 };
 use crate::error::GatewayError;
 
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+/// A comma-separated field (`Connection`, `Upgrade`) lists `token`, any case.
+pub(super) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    // On bytes: a value with other non-ASCII members still lists `close`.
     headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
 }
 
@@ -315,6 +317,27 @@ pub fn rewrite_response<B>(resp: &mut Response<B>) {
     strip_hop_by_hop(resp.headers_mut(), upgrade);
 }
 
+/// What the unit tests forward with: client 192.0.2.9 over https, no key,
+/// no upstream token, no WebSocket.
+#[cfg(test)]
+pub(crate) fn example_forwarding<'a>(
+    host: &'a HeaderValue,
+    request_id: &'a HeaderValue,
+    tenant: &'a HeaderValue,
+) -> Forwarding<'a> {
+    Forwarding {
+        client_ip: IpAddr::from([192, 0, 2, 9]),
+        client_ip_header: None,
+        proto: "https",
+        host,
+        request_id,
+        tenant,
+        key_id: None,
+        authorization: None,
+        websocket: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,17 +404,7 @@ mod tests {
                 HeaderValue::from_static("r1"),
                 HeaderValue::from_static("t"),
             );
-            let f = Forwarding {
-                client_ip: "192.0.2.9".parse().unwrap(),
-                client_ip_header: None,
-                proto: "https",
-                host: &host,
-                request_id: &rid,
-                tenant: &tenant,
-                key_id: None,
-                authorization: None,
-                websocket: false,
-            };
+            let f = example_forwarding(&host, &rid, &tenant);
             let added = rewrite_request(&mut parts, &f).unwrap();
             added.insert_into(&mut parts.headers);
             parts
