@@ -161,3 +161,65 @@ fn hand_written_bodies_are_what_serde_json_writes() {
         assert_eq!(itoa_u16(n, &mut [0; 5]), n.to_string().as_bytes());
     }
 }
+
+/// Every code and message of the error table is written into JSON without
+/// escaping ([`json_fields`]): none may need it. (Debug builds also check
+/// each body as it is written.)
+#[test]
+fn error_table_strings_need_no_json_escaping() {
+    use BadGraphQl as G;
+    use BadRequest as B;
+    let bad = [
+        B::NotOriginForm,
+        B::DotSegment,
+        B::EmptySegment,
+        B::EncodedSeparator,
+        B::Backslash,
+        B::Nul,
+        B::BadPercentEncoding,
+        B::NotUtf8,
+        B::MissingHost,
+        B::BadHost,
+        B::MultipleAuthorization,
+        B::Framing,
+        B::Method,
+    ]
+    .into_iter()
+    .chain(
+        [
+            G::QueryInUrl,
+            G::BodyOnGet,
+            G::Batch,
+            G::NotObject,
+            G::InvalidJson,
+            G::DuplicateMember,
+            G::MissingQuery,
+            G::DuplicateParam,
+            G::InvalidDocument,
+        ]
+        .map(B::GraphQl),
+    )
+    .map(GatewayError::BadRequest);
+    let forbidden = [
+        Forbidden::Api,
+        Forbidden::Method,
+        Forbidden::MethodOverride,
+        Forbidden::Upgrade,
+        Forbidden::Mutation,
+    ]
+    .map(GatewayError::Forbidden);
+    let media = [
+        UnsupportedMedia::ContentType,
+        UnsupportedMedia::ContentEncoding,
+    ]
+    .map(GatewayError::UnsupportedMediaType);
+    let mut n = 0;
+    for e in all().into_iter().chain(bad).chain(forbidden).chain(media) {
+        let Row { code, message, .. } = e.row();
+        assert!(!needs_escape(code), "{code:?}");
+        assert!(!needs_escape(message), "{message:?}");
+        n += 1;
+    }
+    assert!(n > 50);
+    assert!(needs_escape("a\"b") && needs_escape("a\\b") && needs_escape("a\nb"));
+}

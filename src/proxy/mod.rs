@@ -73,7 +73,7 @@ pub async fn handle(
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            ctx.fail(&e);
+            ctx.fail(&e, log);
             e.to_response(shape, request_id::as_str(&ctx.request_id))
                 .map(Payload::full)
         }
@@ -96,7 +96,8 @@ pub fn codec_refused(gw: &Arc<Gateway>, peer: std::net::SocketAddr, refusal: Cod
     );
     ctx.status = refusal.error.status().as_u16();
     ctx.bytes_out = refusal.body_len as u64;
-    ctx.fail(&refusal.error);
+    // (The detail is set here, logged or not: these are rare.)
+    ctx.fail(&refusal.error, false);
     ctx.failure.detail = Some(format!(
         "request refused by the HTTP/1 parser: {}",
         refusal.error.public_message()
@@ -166,8 +167,18 @@ mod tests {
             "HTTP/1.1",
             Instant::now(),
         );
+        // Not logged: no detail is made.
+        ctx.fail(&GatewayError::UpstreamTimeout, false);
+        assert_eq!(ctx.record().error, None);
+        assert_eq!(ctx.record().outcome.as_str(), "upstream_timeout");
+        ctx.fail(&GatewayError::UpstreamTimeout, true);
+        assert_eq!(
+            ctx.record().error,
+            Some("no response head from upstream within upstream_timeout")
+        );
+        ctx.failure.detail = None;
         with_detail(&mut ctx, "braked".into());
-        ctx.fail(&GatewayError::UpstreamTimeout);
+        ctx.fail(&GatewayError::UpstreamTimeout, true);
         let r = ctx.record();
         assert_eq!(r.outcome.as_str(), "upstream_timeout");
         assert_eq!(r.error, Some("braked"));
