@@ -16,17 +16,24 @@ pub type TenantId = usize;
 /// that maps straight to each tenant's entry ([`HostTable::map`]).
 #[derive(Debug)]
 pub struct HostTable<V = TenantId> {
-    pub domains: HashMap<String, V>,
+    pub domains: HostMap<V>,
     pub base_domains: Vec<String>,
-    pub subdomains: HashMap<String, V>,
+    pub subdomains: HostMap<V>,
 }
+
+/// A map looked up by the request's host on every request, hashed with
+/// foldhash (seeded per process) instead of SipHash: ~0.3k instructions a
+/// request less (`bench/callgrind.sh`). SipHash's resistance to collision
+/// flooding is not needed: the maps are built from the config only, so a
+/// client chooses what is looked up, never what is in them.
+pub type HostMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 impl<V> Default for HostTable<V> {
     fn default() -> Self {
         HostTable {
-            domains: HashMap::new(),
+            domains: HostMap::default(),
             base_domains: Vec::new(),
-            subdomains: HashMap::new(),
+            subdomains: HostMap::default(),
         }
     }
 }
@@ -57,7 +64,7 @@ impl<V> HostTable<V> {
     /// The same table with every value replaced by `f(value)`; hosts whose
     /// value maps to `None` are left out.
     pub fn filter_map<U>(&self, mut f: impl FnMut(&V) -> Option<U>) -> HostTable<U> {
-        let mut map = |m: &HashMap<String, V>| -> HashMap<String, U> {
+        let mut map = |m: &HostMap<V>| -> HostMap<U> {
             m.iter()
                 .filter_map(|(k, v)| Some((k.clone(), f(v)?)))
                 .collect()
