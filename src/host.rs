@@ -2,6 +2,7 @@
 //! port and trailing dot removed, and refused when malformed or ambiguous.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use http::request::Parts;
 use http::{HeaderValue, Version, header::HOST};
@@ -144,12 +145,35 @@ fn check_port(port: Option<&str>) -> bool {
 /// The request's host as received (for `X-Forwarded-Host`) and normalised.
 pub struct RequestHost {
     pub raw: HeaderValue,
-    pub name: String,
+    pub name: Arc<str>,
+}
+
+/// The first host a connection's requests named, as received and
+/// normalised. Nearly every request on a connection names the same host, so
+/// [`request_host`] normalises a host it has seen on the connection once:
+/// a request whose host is byte for byte the remembered one gets the
+/// remembered name, which is what normalising its bytes would give
+/// (normalisation is a function of the bytes alone). Everything else is
+/// still decided per request: the checks of the Host fields, the tenant,
+/// the certificate's coverage. ~0.5k instructions a request
+/// (`bench/callgrind.sh`); a copy of the host (not a slice of the read
+/// buffer, which it would keep alive) held for the connection's life.
+#[derive(Debug, Default)]
+pub struct HostMemo(OnceLock<(HeaderValue, Arc<str>)>);
+
+impl HostMemo {
+    /// The remembered name, if `raw` is the remembered host.
+    fn get(&self, raw: &[u8]) -> Option<(&HeaderValue, &Arc<str>)> {
+        self.0
+            .get()
+            .filter(|(r, _)| r.as_bytes() == raw)
+            .map(|(r, n)| (r, n))
+    }
 }
 
 /// Exactly one Host header on HTTP/1.x; `:authority` (or Host) on HTTP/2.
 /// An absolute-form target must name the same host as `Host`.
-pub fn request_host(parts: &Parts) -> Result<RequestHost, BadRequest> {
+pub fn request_host(parts: &Parts, memo: &HostMemo) -> Result<RequestHost, BadRequest> {
     let mut hosts = parts.headers.get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
@@ -163,7 +187,15 @@ pub fn request_host(parts: &Parts) -> Result<RequestHost, BadRequest> {
             {
                 return Err(BadRequest::BadHost);
             }
-            HeaderValue::from_str(a.as_str()).map_err(|_| BadRequest::BadHost)?
+            match memo.get(a.as_str().as_bytes()) {
+                Some((raw, name)) => {
+                    return Ok(RequestHost {
+                        raw: raw.clone(),
+                        name: name.clone(),
+                    });
+                }
+                None => HeaderValue::from_str(a.as_str()).map_err(|_| BadRequest::BadHost)?,
+            }
         }
         (_, Some(h), Some(a)) => {
             // Absolute-form on HTTP/1.1: never let it point somewhere else.
@@ -175,11 +207,25 @@ pub fn request_host(parts: &Parts) -> Result<RequestHost, BadRequest> {
         (_, Some(h), None) => h.clone(),
         (_, None, _) => return Err(BadRequest::MissingHost),
     };
-    let name = raw
+    if let Some((_, name)) = memo.get(raw.as_bytes()) {
+        return Ok(RequestHost {
+            name: name.clone(),
+            raw,
+        });
+    }
+    let name: Arc<str> = raw
         .to_str()
         .ok()
         .and_then(normalize_host)
-        .ok_or(BadRequest::BadHost)?;
+        .ok_or(BadRequest::BadHost)?
+        .into();
+    // The connection's first valid host only: a client alternating hosts
+    // just pays for normalising, as without the memo.
+    if memo.0.get().is_none()
+        && let Ok(copy) = HeaderValue::from_bytes(raw.as_bytes())
+    {
+        let _ = memo.0.set((copy, name.clone()));
+    }
     Ok(RequestHost { raw, name })
 }
 
@@ -227,6 +273,80 @@ mod tests {
         ] {
             assert_eq!(normalize_host(h), None, "{h:?}");
         }
+    }
+
+    fn parts(version: Version, uri: &str, hosts: &[&str]) -> Parts {
+        let mut b = http::Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    fn name(r: Result<RequestHost, BadRequest>) -> Result<String, BadRequest> {
+        r.map(|h| h.name.to_string())
+    }
+
+    /// The memo gives what normalising gives, for the remembered bytes
+    /// only; the checks around it still run on every request.
+    #[test]
+    fn a_connection_remembers_its_first_host_by_its_bytes() {
+        let memo = HostMemo::default();
+        let h1 = |hosts: &[&str]| name(request_host(&parts(Version::HTTP_11, "/", hosts), &memo));
+        assert_eq!(h1(&["ACME.localhost:8443"]), Ok("acme.localhost".into()));
+        assert_eq!(h1(&["ACME.localhost:8443"]), Ok("acme.localhost".into()));
+        // Other bytes are normalised afresh, and not remembered.
+        assert_eq!(h1(&["other.localhost"]), Ok("other.localhost".into()));
+        assert_eq!(h1(&["acme.localhost:8443"]), Ok("acme.localhost".into()));
+        let remembered = memo
+            .0
+            .get()
+            .map(|(r, n)| (r.as_bytes().to_vec(), n.to_string()));
+        assert_eq!(
+            remembered,
+            Some((b"ACME.localhost:8443".to_vec(), "acme.localhost".into()))
+        );
+        // The remembered host twice, or none, is refused as before.
+        assert_eq!(
+            h1(&["ACME.localhost:8443", "ACME.localhost:8443"]),
+            Err(BadRequest::BadHost)
+        );
+        assert_eq!(h1(&[]), Err(BadRequest::MissingHost));
+        assert_eq!(h1(&["acme..localhost"]), Err(BadRequest::BadHost));
+        // An absolute-form target naming another host is refused.
+        let absolute = parts(
+            Version::HTTP_11,
+            "https://evil.test/",
+            &["ACME.localhost:8443"],
+        );
+        assert_eq!(
+            name(request_host(&absolute, &memo)),
+            Err(BadRequest::BadHost)
+        );
+        // HTTP/2: `:authority`, checked against a Host field if any.
+        let h2 = |uri: &str, hosts: &[&str]| {
+            name(request_host(&parts(Version::HTTP_2, uri, hosts), &memo))
+        };
+        assert_eq!(
+            h2("https://ACME.localhost:8443/", &[]),
+            Ok("acme.localhost".into())
+        );
+        assert_eq!(
+            h2("https://ACME.localhost:8443/", &["other.localhost"]),
+            Err(BadRequest::BadHost)
+        );
+        assert_eq!(h2("https://b.localhost/", &[]), Ok("b.localhost".into()));
+    }
+
+    /// A first host that is invalid is not remembered.
+    #[test]
+    fn an_invalid_host_is_not_remembered() {
+        let memo = HostMemo::default();
+        let req = |h: &str| name(request_host(&parts(Version::HTTP_11, "/", &[h]), &memo));
+        assert_eq!(req("a..b"), Err(BadRequest::BadHost));
+        assert!(memo.0.get().is_none());
+        assert_eq!(req("a.b"), Ok("a.b".into()));
+        assert_eq!(req("a..b"), Err(BadRequest::BadHost));
     }
 
     #[test]

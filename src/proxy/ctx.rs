@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use crate::access_log::AccessRecord;
 use crate::base::headers::X_FORWARDED_FOR;
 use crate::error::{FailureKind, GatewayError, Outcome};
+use crate::host::HostMemo;
 use crate::metrics::RouteCounters;
 use crate::tls::LoadedCert;
 
@@ -26,6 +27,8 @@ pub struct ConnInfo {
     pub peer_header: HeaderValue,
     pub tls: Option<TlsInfo>,
     pub activity: Activity,
+    /// The connection's first host, normalised ([`HostMemo`]).
+    pub host: HostMemo,
 }
 
 #[derive(Debug)]
@@ -42,6 +45,7 @@ impl ConnInfo {
             peer_header: peer_header(peer.ip()),
             tls,
             activity: Activity::default(),
+            host: HostMemo::default(),
         }
     }
 }
@@ -155,7 +159,7 @@ pub struct RequestCtx {
     pub protocol: &'static str,
     pub user_agent: Option<String>,
     pub start: Instant,
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
     pub tenant: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,

@@ -51,7 +51,7 @@ pub async fn run(
     //    connection whose certificate does not cover this host must not be
     //    used for it, whether or not we know the host.
     let RequestHost { raw: host, name } =
-        host::request_host(&parts).map_err(GatewayError::BadRequest)?;
+        host::request_host(&parts, &conn.host).map_err(GatewayError::BadRequest)?;
     // 3. Tenant from the host, then route from the path: both are cheap map
     //    lookups that need no credentials.
     let selected =
