@@ -161,3 +161,16 @@ fn a_request_in_flight_is_never_cut_and_idle_counts_from_its_end() {
         }
     }
 }
+
+/// Every connection's future holds `linger`'s state, idle or not: it must
+/// not carry its read buffer inline (an 8 KiB array there cost every idle
+/// connection 8 KiB).
+#[test]
+fn lingering_adds_little_to_every_connections_future() {
+    let f = linger(tokio::io::empty());
+    assert!(
+        std::mem::size_of_val(&f) < 512,
+        "{}",
+        std::mem::size_of_val(&f)
+    );
+}
