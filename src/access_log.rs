@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::base::json;
 use crate::error::{FailureKind, Outcome};
 
 /// Bytes of lines waiting for stdout before new ones are dropped (~20k lines).
@@ -124,7 +125,7 @@ impl AccessRecord<'_> {
         buf.extend_from_slice(b"{\"timestamp\":\"");
         write_timestamp(buf, now);
         buf.extend_from_slice(b"\",\"level\":\"INFO\",\"event\":\"request\",\"request_id\":");
-        json_str(buf, self.request_id());
+        json::push_str(buf, self.request_id());
         buf.extend_from_slice(b",\"client_ip\":\"");
         match self.client_ip {
             IpAddr::V4(ip) => {
@@ -140,11 +141,11 @@ impl AccessRecord<'_> {
             }
         }
         buf.extend_from_slice(b"\",\"method\":");
-        json_str(buf, self.method.as_str());
+        json::push_str(buf, self.method.as_str());
         buf.extend_from_slice(b",\"host\":");
         json_opt(buf, self.host.map(clip));
         buf.extend_from_slice(b",\"path\":");
-        json_str(buf, clip(self.path));
+        json::push_str(buf, clip(self.path));
         buf.extend_from_slice(b",\"route\":");
         json_opt(buf, self.route.map(|s| &**s));
         buf.extend_from_slice(b",\"tenant\":");
@@ -154,7 +155,7 @@ impl AccessRecord<'_> {
         buf.extend_from_slice(b",\"status\":");
         buf.extend_from_slice(int.format(self.status).as_bytes());
         buf.extend_from_slice(b",\"outcome\":");
-        json_str(buf, self.outcome.as_str());
+        json::push_str(buf, self.outcome.as_str());
         buf.extend_from_slice(b",\"upstream\":");
         json_opt(buf, self.upstream.map(|s| &**s));
         buf.extend_from_slice(b",\"duration_ms\":");
@@ -164,12 +165,12 @@ impl AccessRecord<'_> {
         buf.extend_from_slice(b",\"bytes_out\":");
         buf.extend_from_slice(int.format(self.bytes_out).as_bytes());
         buf.extend_from_slice(b",\"protocol\":");
-        json_str(buf, self.protocol);
+        json::push_str(buf, self.protocol);
         buf.extend_from_slice(b",\"user_agent\":");
         json_opt(buf, self.user_agent.map(clip));
         if let Some(e) = self.error {
             buf.extend_from_slice(b",\"error\":");
-            json_str(buf, e);
+            json::push_str(buf, e);
         }
         buf.extend_from_slice(b"}\n");
     }
@@ -219,23 +220,9 @@ fn date_and_time(secs: u64) -> [u8; 19] {
     head
 }
 
-/// `s` as a JSON string. Text with nothing to escape (no `"`, `\` or
-/// control character: what JSON requires escaping) is copied as it is;
-/// anything else goes through serde_json's escaper.
-fn json_str(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        buf.reserve(s.len() + 2);
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-    } else {
-        let _ = serde_json::to_writer(&mut *buf, s);
-    }
-}
-
 fn json_opt(buf: &mut Vec<u8>, s: Option<&str>) {
     match s {
-        Some(s) => json_str(buf, s),
+        Some(s) => json::push_str(buf, s),
         None => buf.extend_from_slice(b"null"),
     }
 }

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::base::json;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request target or request head was refused with 400.
@@ -364,7 +366,7 @@ fn graphql_body(code: &'static str, message: &'static str, request_id: &str) -> 
 /// `bench/callgrind.sh 401`.)
 ///
 /// The code and message are literals in this file, none needing an escape,
-/// so they are copied without the byte scan [`json_str`] makes (~0.4k
+/// so they are copied without the byte scan [`json::push_str`] makes (~0.4k
 /// instructions a refusal). Debug builds, every test among them, check the
 /// claim on each body they write.
 fn json_fields(
@@ -375,35 +377,15 @@ fn json_fields(
 ) {
     for (before, s) in table {
         debug_assert!(
-            !needs_escape(s),
+            !json::needs_escape(s),
             "error table string needs JSON escaping: {s:?}"
         );
         out.extend_from_slice(before);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        json::push_plain(out, s);
     }
     out.extend_from_slice(before_id);
-    json_str(out, request_id);
+    json::push_str(out, request_id);
     out.extend_from_slice(end);
-}
-
-fn needs_escape(s: &str) -> bool {
-    !s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
-}
-
-/// `s` as a JSON string, exactly as serde_json writes it: the bytes as they
-/// are when nothing needs escaping (every error body, on every refusal), else
-/// serde_json itself.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    if !needs_escape(s) {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, s).is_err() {
-        // Writing to a Vec cannot fail; keep the body valid JSON anyway.
-        out.extend_from_slice(b"\"\"");
-    }
 }
 
 /// `n` in decimal, without the formatting machinery.

@@ -84,7 +84,7 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     let raw = raw.trim();
     // (An `@` (userinfo) fails the character checks below, in the name and
     // in the port alike.)
-    if raw.is_empty() || raw.len() > 260 {
+    if raw.is_empty() || raw.len() > MAX_HOST_LEN {
         return None;
     }
     let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
@@ -162,17 +162,37 @@ pub struct RequestHost {
 pub struct HostMemo(OnceLock<(HeaderValue, Arc<str>)>);
 
 impl HostMemo {
-    /// The remembered name, if `raw` is the remembered host.
-    fn get(&self, raw: &[u8]) -> Option<(&HeaderValue, &Arc<str>)> {
-        self.0
-            .get()
-            .filter(|(r, _)| r.as_bytes() == raw)
-            .map(|(r, n)| (r, n))
+    /// The remembered host and name, if `raw` is the remembered host.
+    fn get(&self, raw: &[u8]) -> Option<&(HeaderValue, Arc<str>)> {
+        self.0.get().filter(|(r, _)| r.as_bytes() == raw)
+    }
+
+    /// Remember `raw` and its name if nothing is remembered yet (the
+    /// connection's first valid host: a client alternating hosts just pays
+    /// for normalising, as without the memo). Only hosts as long as a valid
+    /// one can be: `normalize_host` trims spaces first, and a padded Host
+    /// field (HTTP/2 does not strip it) must not make every connection keep
+    /// kilobytes. A copy: for HTTP/1 `raw` is a slice of hyper's read
+    /// buffer, which it would keep alive.
+    fn remember(&self, raw: &HeaderValue, name: &Arc<str>) {
+        if self.0.get().is_none()
+            && raw.len() <= MAX_HOST_LEN
+            && let Ok(copy) = HeaderValue::from_bytes(raw.as_bytes())
+        {
+            let _ = self.0.set((copy, name.clone()));
+        }
     }
 }
 
+/// The longest host (with port) [`normalize_host`] accepts.
+const MAX_HOST_LEN: usize = 260;
+
 /// Exactly one Host header on HTTP/1.x; `:authority` (or Host) on HTTP/2.
-/// An absolute-form target must name the same host as `Host`.
+/// An absolute-form target must name the same host as `Host`. These checks
+/// run on every request; only the normalisation of a host the connection
+/// named before comes from `memo`. (On HTTP/2 a hit also saves copying the
+/// `:authority` into a header value: the remembered copy holds the same
+/// bytes.)
 pub fn request_host(parts: &Parts, memo: &HostMemo) -> Result<RequestHost, BadRequest> {
     let mut hosts = parts.headers.get_all(HOST).iter();
     let header = hosts.next();
@@ -219,13 +239,7 @@ pub fn request_host(parts: &Parts, memo: &HostMemo) -> Result<RequestHost, BadRe
         .and_then(normalize_host)
         .ok_or(BadRequest::BadHost)?
         .into();
-    // The connection's first valid host only: a client alternating hosts
-    // just pays for normalising, as without the memo.
-    if memo.0.get().is_none()
-        && let Ok(copy) = HeaderValue::from_bytes(raw.as_bytes())
-    {
-        let _ = memo.0.set((copy, name.clone()));
-    }
+    memo.remember(&raw, &name);
     Ok(RequestHost { raw, name })
 }
 
@@ -336,6 +350,63 @@ mod tests {
             Err(BadRequest::BadHost)
         );
         assert_eq!(h2("https://b.localhost/", &[]), Ok("b.localhost".into()));
+    }
+
+    /// A remembered host's name is used, not recomputed: a memo holding a
+    /// name that normalising would never give shows which path answered.
+    #[test]
+    fn the_remembered_name_is_the_one_used() {
+        let memo = HostMemo::default();
+        let sentinel: Arc<str> = "sentinel".into();
+        let _ = memo.0.set((HeaderValue::from_static("x.test"), sentinel));
+        let got = |version, uri: &str, hosts: &[&str]| {
+            name(request_host(&parts(version, uri, hosts), &memo))
+        };
+        assert_eq!(
+            got(Version::HTTP_11, "/", &["x.test"]),
+            Ok("sentinel".into())
+        );
+        assert_eq!(
+            got(Version::HTTP_11, "https://x.test/", &["x.test"]),
+            Ok("sentinel".into())
+        );
+        assert_eq!(
+            got(Version::HTTP_2, "https://x.test/", &[]),
+            Ok("sentinel".into())
+        );
+        assert_eq!(
+            got(Version::HTTP_2, "/", &["x.test"]),
+            Ok("sentinel".into())
+        );
+        // Other bytes, even equal once normalised, are normalised afresh.
+        assert_eq!(got(Version::HTTP_11, "/", &["X.test"]), Ok("x.test".into()));
+        assert_eq!(
+            got(Version::HTTP_2, "https://x.test:443/", &[]),
+            Ok("x.test".into())
+        );
+        // The checks still run before the memo is asked.
+        assert_eq!(
+            got(Version::HTTP_11, "/", &["x.test", "x.test"]),
+            Err(BadRequest::BadHost)
+        );
+        assert_eq!(
+            got(Version::HTTP_2, "https://x.test/", &["y.test"]),
+            Err(BadRequest::BadHost)
+        );
+    }
+
+    /// A padded Host field (HTTP/2 does not strip it) is valid once
+    /// trimmed, but is not kept for the connection's life.
+    #[test]
+    fn a_padded_host_is_not_remembered() {
+        let memo = HostMemo::default();
+        let padded = format!("a.test{}", " ".repeat(4096));
+        let r = request_host(&parts(Version::HTTP_2, "/", &[padded.as_str()]), &memo);
+        assert_eq!(name(r), Ok("a.test".into()));
+        assert!(memo.0.get().is_none());
+        let r = request_host(&parts(Version::HTTP_2, "/", &["a.test"]), &memo);
+        assert_eq!(name(r), Ok("a.test".into()));
+        assert!(memo.0.get().is_some());
     }
 
     /// A first host that is invalid is not remembered.

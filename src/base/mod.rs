@@ -1,9 +1,10 @@
 //! Leaves every other module may use: header names, request ids, hex digits,
-//! a map of deadlines.
+//! a map of deadlines, JSON strings.
 //! Nothing here imports from the rest of the crate.
 
 pub mod deadlines;
 pub mod headers;
+pub mod json;
 pub mod request_id;
 
 /// One problem with one field of a config block that validates itself
