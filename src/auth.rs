@@ -115,7 +115,7 @@ pub fn hash_token(token: &[u8]) -> String {
 /// SHA-256 by aws-lc, the TLS stack's own crypto library: its assembly
 /// uses the SHA extensions where the CPU has them and AVX2 where it does
 /// not, where the `sha2` crate falls back to portable code (~3.5k
-/// instructions a key check instead of ~1.2k: `bench/callgrind.sh`, whose
+/// instructions a key check instead of ~2.4k: `bench/callgrind.sh`, whose
 /// virtual CPU has no SHA extensions, like many Intel servers before Ice
 /// Lake).
 fn sha256(data: &[u8]) -> [u8; 32] {
